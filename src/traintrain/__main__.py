@@ -1,0 +1,3 @@
+from traintrain.cli import main
+
+raise SystemExit(main())

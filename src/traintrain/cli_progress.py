@@ -1,0 +1,45 @@
+"""Renders core events on a terminal: a tqdm bar with step, loss, lr and ETA; messages above it."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from traintrain.training.events import Message, Progress, Saved
+
+
+class ProgressPrinter:
+    def __init__(self, verbose: bool = False, stream=sys.stderr):
+        self.verbose = verbose
+        self.stream = stream
+        self.bar = None
+        self.phase = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._close_bar()
+        return False
+
+    def _close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __call__(self, event):
+        if isinstance(event, Progress):
+            if self.bar is None or self.phase != event.phase:
+                self._close_bar()
+                self.phase = event.phase
+                self.bar = tqdm(total=event.total, desc=event.phase, unit="step", file=self.stream, dynamic_ncols=True)
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{event.loss_average:.4f}", lr=f"{event.learning_rate:.2e}", refresh=False)
+            if self.verbose:
+                self.bar.write(f"step {event.step}/{event.total} loss {event.loss:.5f} lr {event.learning_rate:.3e}", file=self.stream)
+        elif isinstance(event, Message):
+            text = event.text if event.level == "info" else f"{event.level}: {event.text}"
+            tqdm.write(text, file=self.stream)
+        elif isinstance(event, Saved):
+            tqdm.write(f"saved {event.path} (step {event.step})", file=self.stream)

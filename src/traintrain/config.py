@@ -1,0 +1,382 @@
+"""Every training parameter in one typed place: defaults, choices, validation, preset JSON in/out.
+
+Faces (CLI, UI, presets) turn user text into a `TrainConfig` here, once, so the core never sees
+an unchecked value. Messages name the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from traintrain.errors import UserError
+
+
+class Choice(str, enum.Enum):
+    """An enum whose values are matched case-insensitively from user text."""
+
+    @classmethod
+    def parse(cls, text: str, field_name: str):
+        wanted = str(text).strip().lower()
+        for member in cls:
+            if member.value.lower() == wanted:
+                return member
+        allowed = ", ".join(m.value for m in cls)
+        raise UserError(f"{field_name}: '{text}' is not one of: {allowed}")
+
+
+class Mode(Choice):
+    LORA = "LoRA"
+    ILECO = "iLECO"
+    DIFFERENCE = "Difference"
+
+
+class NetworkType(Choice):
+    LIERLA = "lierla"
+    C3LIER = "c3lier"
+
+
+class NetworkElement(Choice):
+    FULL = "Full"
+    CROSS_ATTENTION = "CrossAttention"
+    SELF_ATTENTION = "SelfAttention"
+
+
+class Optimizer(Choice):
+    ADAMW = "AdamW"
+
+
+class LRScheduler(Choice):
+    COSINE = "cosine"
+    COSINE_WITH_RESTARTS = "cosine_with_restarts"
+    LINEAR = "linear"
+    POLYNOMIAL = "polynomial"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    PIECEWISE_CONSTANT = "piecewise_constant"
+
+
+class Precision(Choice):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+UNET_BLOCK_IDS = tuple(
+    [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
+)
+ALL_BLOCK_IDS = ("BASE",) + UNET_BLOCK_IDS
+
+
+def _param(default, help: str, *, minimum=None, maximum=None, choices=None, factory=None):
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """All parameters of a training job (the seed's mandatory and optional tables, plus inputs)."""
+
+    # --- job inputs ---
+    mode: Mode = _param(Mode.LORA, "training mode: LoRA, iLECO or Difference")
+    model: str = _param("", "base model: single-file .safetensors/.ckpt or a diffusers folder")
+    original_prompt: str = _param("", "iLECO: the concept to change or erase")
+    target_prompt: str = _param("", "iLECO: what the concept becomes (empty = erase)")
+    negative_prompt: str = _param("", "negative prompt for previews")
+    original_image: str = _param("", "Difference: the original image")
+    target_image: str = _param("", "Difference: the target image (same size as the original)")
+    # --- mandatory parameters (seed table 1) ---
+    network_type: NetworkType = _param(NetworkType.LIERLA, "lierla (LoRA) or c3lier (LoCon)")
+    network_rank: int = _param(16, "LoRA rank (dim)", minimum=1, maximum=1024)
+    network_alpha: float = _param(8.0, "LoRA alpha: the update is scaled by alpha / rank", minimum=0.0)
+    lora_data_directory: str = _param("", "LoRA: folder of training images (subfolders included)")
+    lora_trigger_word: str = _param("", "LoRA: word put before every caption")
+    network_blocks: list[str] = _param(
+        None, "blocks to train: BASE (text encoder), IN00-IN11, M00, OUT00-OUT11",
+        choices=ALL_BLOCK_IDS, factory=lambda: list(ALL_BLOCK_IDS),
+    )
+    train_iterations: int = _param(1000, "number of optimizer steps", minimum=1)
+    image_size: list[int] = _param(
+        None, "training resolution as height,width (one value = square)", factory=lambda: [512, 512]
+    )
+    train_batch_size: int = _param(2, "images per step", minimum=1)
+    train_learning_rate: float = _param(1e-4, "learning rate", minimum=0.0)
+    train_optimizer: Optimizer = _param(Optimizer.ADAMW, "optimizer")
+    train_lr_scheduler: LRScheduler = _param(LRScheduler.COSINE, "learning-rate schedule")
+    save_lora_name: str = _param("", "file name of the saved LoRA (empty = untitled)")
+    use_gradient_checkpointing: bool = _param(False, "trade speed for less memory")
+    # --- optional parameters (seed table 2) ---
+    network_conv_rank: int = _param(0, "c3lier: rank of k x k convs (0 = network_rank)", minimum=0)
+    network_conv_alpha: float = _param(0.0, "c3lier: alpha of k x k convs (0 = network_alpha)", minimum=0.0)
+    network_element: NetworkElement = _param(NetworkElement.FULL, "Full, CrossAttention (attn2) or SelfAttention (attn1)")
+    train_lr_step_rules: str = _param("", "piecewise_constant rules, e.g. 1:100,0.1:200,0.01")
+    train_lr_scheduler_num_cycles: int = _param(1, "cycles of cosine_with_restarts", minimum=1)
+    train_lr_scheduler_power: float = _param(1.0, "power of the polynomial schedule", minimum=0.0)
+    train_lr_warmup_steps: int = _param(0, "steps of linear warm-up", minimum=0)
+    train_textencoder_learning_rate: float = _param(0.0, "text-encoder lr (0 = train_learning_rate)", minimum=0.0)
+    train_min_timesteps: int = _param(0, "lowest training timestep", minimum=0, maximum=999)
+    train_max_timesteps: int = _param(1000, "highest training timestep (exclusive)", minimum=1, maximum=1000)
+    image_buckets_step: int = _param(256, "bucket size step in pixels", minimum=8)
+    image_min_length: int = _param(512, "shortest bucket side in pixels", minimum=8)
+    image_max_ratio: float = _param(2.0, "largest bucket aspect ratio", minimum=1.0)
+    sub_image_num: int = _param(0, "extra smaller frames each image is also trained in", minimum=0)
+    image_mirroring: bool = _param(False, "also train on horizontally flipped images")
+    save_per_steps: int = _param(0, "also save every N steps (0 = only at the end)", minimum=0)
+    save_overwrite: bool = _param(False, "allow replacing an existing file of the same name")
+    save_as_json: bool = _param(False, "archive the settings as JSON next to the LoRA")
+    model_v_pred: bool = _param(False, "the model is an SD2.x v-prediction model")
+    train_model_precision: Precision = _param(Precision.FP16, "precision of the frozen model")
+    train_lora_precision: Precision = _param(Precision.FP32, "precision of the trained network")
+    save_precision: Precision = _param(Precision.FP16, "precision of the saved file")
+    train_seed: int = _param(-1, "random seed (-1 = random; the seed used is recorded)", minimum=-1)
+    train_snr_gamma: float = _param(5.0, "min-SNR weighting gamma (0 = off)", minimum=0.0, maximum=20.0)
+    diff_save_1st_pass: bool = _param(False, "Difference: also save the copier LoRA as {name}_copy")
+    diff_1st_pass_only: bool = _param(False, "Difference: train only the copier LoRA")
+    diff_load_1st_pass: str = _param("", "Difference: load the copier LoRA from this file")
+    use_2nd_pass_settings: bool = _param(False, "Difference: use the '2nd pass' settings for pass 2")
+    logging_verbose: bool = _param(False, "print a log line per step")
+    logging_save_csv: bool = _param(False, "write step, loss and lr to a CSV log")
+    second_pass: dict = _param(None, "Difference: parameters that differ in pass 2", factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "TrainConfig":
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        if self.train_min_timesteps >= self.train_max_timesteps:
+            raise UserError(
+                f"train_min_timesteps ({self.train_min_timesteps}) must be below "
+                f"train_max_timesteps ({self.train_max_timesteps})"
+            )
+        if not self.network_blocks:
+            raise UserError(f"network_blocks: select at least one of {', '.join(ALL_BLOCK_IDS)}")
+        for key in self.second_pass:
+            _field_named(key)
+        return self
+
+    @property
+    def image_height_width(self) -> tuple[int, int]:
+        return self.image_size[0], self.image_size[1]
+
+    @property
+    def output_name(self) -> str:
+        return self.save_lora_name or "untitled"
+
+    def for_second_pass(self) -> "TrainConfig":
+        """The settings of Difference's pass 2: the '2nd pass' overrides when they are enabled."""
+        if not self.use_2nd_pass_settings or not self.second_pass:
+            return self
+        return dataclasses.replace(self, **{k: v for k, v in self.second_pass.items()}, second_pass={})
+
+    def with_values(self, **values) -> "TrainConfig":
+        """A copy with some parameters set from user text (`--set`) or values."""
+        updates = {}
+        for key, value in values.items():
+            f = _field_named(key)
+            updates[f.name] = _coerce(f, value)
+        return dataclasses.replace(self, **updates)
+
+    # ------------------------------------------------------------------ JSON
+    def to_json_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "second_pass":
+                continue
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        if self.second_pass:
+            out["2nd pass"] = {
+                k: (v.value if isinstance(v, enum.Enum) else v) for k, v in self.second_pass.items()
+            }
+        return out
+
+    @classmethod
+    def from_json_dict(cls, data: dict, *, source: str = "settings") -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected a JSON object of parameters, got {type(data).__name__}")
+        values = _normalise_keys(data, source)
+        second = values.pop("second_pass", None)
+        if second is not None:
+            if not isinstance(second, dict):
+                raise UserError(f"{source}: '2nd pass' must be an object of parameters")
+            second = _normalise_keys(second, f"{source} '2nd pass'")
+            second.pop("second_pass", None)
+            # Only keep what really differs from pass 1; the rest is inherited.
+            values["second_pass"] = second
+        config = cls(**{k: _coerce(_field_named(k), v) for k, v in values.items()})
+        if config.second_pass:
+            base = config.to_json_dict()
+            config.second_pass = {
+                k: _coerce(_field_named(k), v)
+                for k, v in config.second_pass.items()
+                if _plain(_coerce(_field_named(k), v)) != base.get(k)
+            }
+        return config
+
+    def save_json(self, path: Path) -> None:
+        text = json.dumps(self.to_json_dict(), indent=2, ensure_ascii=False) + "\n"
+        from traintrain.fileio import write_text_atomic
+
+        write_text_atomic(Path(path), text)
+
+    @classmethod
+    def load_json(cls, path: Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"settings file not found: {path} (give an existing .json file)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid JSON ({exc}); fix the file or use a shipped preset")
+        return cls.from_json_dict(data, source=str(path))
+
+
+# Keys of the original extension's presets, mapped to ours, so users' old presets load.
+LEGACY_KEYS = {
+    "image_size(height, width)": "image_size",
+    "network_blocks(BASE = TextEncoder)": "network_blocks",
+    "original prompt": "original_prompt",
+    "target prompt": "target_prompt",
+    "negative prompt": "negative_prompt",
+    "2nd pass": "second_pass",
+}
+# Keys the original writes that have no effect here (their features are not part of TrainTrain).
+IGNORED_LEGACY_KEYS = {"train_fixed_timsteps_in_batch", "vae"}
+
+
+def _normalise_keys(data: dict, source: str) -> dict:
+    values = {}
+    for key, value in data.items():
+        name = LEGACY_KEYS.get(key, key)
+        if name in IGNORED_LEGACY_KEYS:
+            continue
+        _field_named(name, source=source)
+        values[name] = value
+    return values
+
+
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def _field_named(name: str, source: str = "parameter"):
+    for f in fields(TrainConfig):
+        if f.name == name:
+            return f
+    close = difflib.get_close_matches(name, field_names(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else " (see `traintrain train --help` for the list)"
+    raise UserError(f"{source}: unknown parameter '{name}'{hint}")
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+def _coerce(f, value: Any):
+    """Turn user text or JSON values into the field's type, checking range and choices."""
+    name, kind = f.name, f.type
+    meta = f.metadata
+    if kind == "str":
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise UserError(f"{name}: expected text, got {type(value).__name__}")
+        return str(value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise UserError(f"{name}: '{value}' is not a boolean; use true or false")
+    if kind in ("int", "float"):
+        return _number(name, value, int if kind == "int" else float, meta)
+    if kind == "list[str]":
+        items = _as_list(name, value)
+        allowed = meta["choices"]
+        result = []
+        for item in items:
+            upper = str(item).strip().upper()
+            if allowed and upper not in allowed:
+                raise UserError(f"{name}: '{item}' is not one of: {', '.join(allowed)}")
+            if upper not in result:
+                result.append(upper)
+        return result
+    if kind == "list[int]":
+        return _image_size(name, value)
+    if kind == "dict":
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UserError(f"{name}: expected an object of parameters")
+        return {k: _coerce(_field_named(k), v) for k, v in value.items() if k != "second_pass"}
+    enum_cls = globals()[kind]
+    if isinstance(value, enum_cls):
+        return value
+    return enum_cls.parse(value, name)
+
+
+def _number(name, value, cast, meta):
+    if isinstance(value, bool):
+        raise UserError(f"{name}: expected a number, got a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "":
+            raise UserError(f"{name}: expected a number, got an empty value")
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{name}: '{value}' is not a number")
+    if not isinstance(value, (int, float)):
+        raise UserError(f"{name}: expected a number, got {type(value).__name__}")
+    if cast is int:
+        if float(value) != int(value):
+            raise UserError(f"{name}: expected a whole number, got {value}")
+        value = int(value)
+    else:
+        value = float(value)
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if low is not None and value < low:
+        raise UserError(f"{name}: {value} is below the minimum {low}")
+    if high is not None and value > high:
+        raise UserError(f"{name}: {value} is above the maximum {high}")
+    return value
+
+
+def _as_list(name, value) -> list:
+    if isinstance(value, str):
+        return [part for part in (p.strip() for p in value.split(",")) if part]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise UserError(f"{name}: expected a comma-separated list, got {type(value).__name__}")
+
+
+def _image_size(name, value) -> list[int]:
+    """height,width in pixels; one value means a square; the order the user gave is kept."""
+    items = _as_list(name, value) if not isinstance(value, int) else [value]
+    try:
+        sizes = [int(str(v).strip()) for v in items]
+    except ValueError:
+        raise UserError(f"{name}: '{value}' is not height,width in pixels (e.g. 768,512 or 512)")
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 64 or any(s % 8 for s in sizes):
+        raise UserError(
+            f"{name}: '{value}' must be height,width (or one value) of multiples of 8, at least 64"
+        )
+    return sizes

@@ -1,0 +1,130 @@
+"""The demo job: a tiny SD1 model and synthetic captioned images, a LoRA trained on them, and a
+before/after picture rendered by diffusers with the LoRA loaded through its own loader.
+
+Everything is made here, offline, so a new machine can check its set-up in about two minutes.
+The tiny model has random weights, so its pictures are abstract; the point is the change: the
+"after" column moves toward the "target" column (each training image as this VAE reproduces it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from traintrain.config import TrainConfig
+from traintrain.training.events import Message, Reporter, ignore
+
+TRIGGER = "ttdemo"
+SHAPES = [
+    ("red circle", (220, 40, 40), "ellipse", (250, 240, 200)),
+    ("blue square", (40, 70, 220), "rectangle", (240, 240, 240)),
+    ("green triangle", (40, 170, 60), "triangle", (30, 30, 40)),
+    ("yellow circle", (240, 210, 40), "ellipse", (60, 40, 120)),
+]
+SIZE = 128
+DEFAULT_STEPS = 1200
+
+
+@dataclass
+class DemoResult:
+    lora_path: Path
+    image_path: Path
+    losses: list[float]
+
+
+def draw_shape(color, kind: str, background, size: int = SIZE, offset: int = 0) -> Image.Image:
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    margin = size // 5 + offset
+    box = (margin, margin, size - margin + offset // 2, size - margin)
+    if kind == "ellipse":
+        draw.ellipse(box, fill=color)
+    elif kind == "rectangle":
+        draw.rectangle(box, fill=color)
+    else:
+        draw.polygon([(size // 2, margin), (margin, size - margin), (size - margin, size - margin)], fill=color)
+    return image
+
+
+def write_demo_images(folder: Path) -> list[tuple[Path, str]]:
+    """Two slightly different images per shape, each with a caption file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, (name, color, kind, background) in enumerate(SHAPES):
+        for variant in range(2):
+            path = folder / f"{index:02d}_{variant}.png"
+            draw_shape(color, kind, background, offset=variant * 6).save(path)
+            caption = f"a {name}"
+            path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+            written.append((path, f"{TRIGGER}, {caption}"))
+    return written
+
+
+def demo_config(model: Path, data: Path, steps: int) -> TrainConfig:
+    return TrainConfig(
+        mode="LoRA", model=str(model), lora_data_directory=str(data), lora_trigger_word=TRIGGER,
+        network_rank=8, network_alpha=8, train_iterations=steps, train_batch_size=2,
+        train_learning_rate=2e-3, image_size=[SIZE, SIZE], image_buckets_step=64, image_min_length=64,
+        train_model_precision="fp32", save_precision="fp32", train_seed=0, train_snr_gamma=5,
+        save_lora_name="demo", save_overwrite=True,
+    )
+
+
+def run_demo(out: Path, steps: int | None = None, report: Reporter = ignore) -> DemoResult:
+    from traintrain.jobs.runner import run_job
+    from traintrain.models.tiny import write_tiny_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = out / "tiny-sd1.safetensors"
+    if not model.exists():
+        write_tiny_model("sd1", "single-file", model, seed=0)
+    images = write_demo_images(out / "images")
+    report(Message(f"demo: tiny SD1 model {model}, {len(images)} images in {out / 'images'}"))
+    config = demo_config(model, out / "images", steps or DEFAULT_STEPS)
+    result = run_job(config, output_dir=out, report=report)
+    picture = out / "before_after.png"
+    render_before_after(model, result.path, images, picture, report)
+    return DemoResult(result.path, picture, result.losses)
+
+
+def render_before_after(model: Path, lora: Path, images, target: Path, report: Reporter) -> None:
+    """Rows: one per shape. Columns: training image, target (through the VAE), before, after."""
+    from traintrain.fileio import atomic_path
+    from traintrain.rendering import build_pipeline, generate
+
+    pipe = build_pipeline(model)
+    prompts = [caption for _, caption in images[::2]]
+    sources = [Image.open(path).convert("RGB") for path, _ in images[::2]]
+    targets = [_through_vae(pipe.vae, img) for img in sources]
+    report(Message("rendering before/after with diffusers"))
+    before = generate(pipe, prompts, SIZE, seed=1)
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="demo")
+    after = generate(pipe, prompts, SIZE, seed=1)
+    grid = _grid([sources, targets, before, after], ["image", "target", "before", "after"])
+    with atomic_path(target) as tmp:
+        grid.save(tmp, format="PNG")
+
+
+@torch.no_grad()
+def _through_vae(vae, image: Image.Image) -> Image.Image:
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample[0]
+    array = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).round().byte().numpy()
+    return Image.fromarray(array)
+
+
+def _grid(columns: list[list[Image.Image]], titles: list[str]) -> Image.Image:
+    cell, header = SIZE, 18
+    rows = len(columns[0])
+    grid = Image.new("RGB", (cell * len(columns), header + cell * rows), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, (title, images) in enumerate(zip(titles, columns)):
+        draw.text((col * cell + 4, 3), title, fill="black")
+        for row, image in enumerate(images):
+            grid.paste(image.resize((cell, cell)), (col * cell, header + row * cell))
+    return grid

@@ -1,0 +1,1 @@
+"""Running training jobs: one job now, the persistent queue later."""

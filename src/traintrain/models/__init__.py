@@ -1,0 +1,1 @@
+"""Model families, offline loading of single-file checkpoints and diffusers folders, tiny models."""

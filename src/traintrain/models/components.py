@@ -1,0 +1,27 @@
+"""The loaded parts of a Stable Diffusion model that training and rendering need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from traintrain.models.families import SPECS, Family, FamilySpec
+
+
+@dataclass
+class ModelComponents:
+    """UNet, VAE, text encoder(s) and tokenizer(s) of one model, in diffusers/transformers classes.
+
+    SD1/SD2 have one text encoder and tokenizer; SDXL has two (CLIP-L first, OpenCLIP-bigG second).
+    """
+
+    family: Family
+    unet: object  # diffusers.UNet2DConditionModel
+    vae: object  # diffusers.AutoencoderKL
+    text_encoders: list = field(default_factory=list)  # transformers CLIPTextModel / CLIPTextModelWithProjection
+    tokenizers: list = field(default_factory=list)  # transformers CLIPTokenizer
+    v_prediction: bool = False
+    source: str = ""  # path the model came from, for messages and metadata
+
+    @property
+    def spec(self) -> FamilySpec:
+        return SPECS[self.family]

@@ -1,0 +1,62 @@
+"""Prompt encoding as A1111 does it: 75-token chunks each wrapped in BOS/EOS, concatenated.
+
+Long captions are never silently cut at 77 tokens; a batch is padded with empty chunks so that
+every prompt in it has the same length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from traintrain.models.families import Family
+
+CHUNK = 75
+
+
+@dataclass
+class Conditioning:
+    hidden: torch.Tensor  # [B, 77 * chunks, D]
+    pooled: torch.Tensor | None = None  # SDXL: pooled OpenCLIP-bigG embedding [B, 1280]
+
+
+def chunk_token_ids(tokenizer, text: str) -> list[list[int]]:
+    """Token ids of `text` in 77-long chunks: BOS, up to 75 tokens, EOS, padding."""
+    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pieces = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
+    return [[bos] + piece + [eos] + [pad] * (CHUNK - len(piece)) for piece in pieces]
+
+
+def _pad_chunks(chunk_lists: list[list[list[int]]], empty: list[int]) -> torch.Tensor:
+    most = max(len(c) for c in chunk_lists)
+    padded = [c + [empty] * (most - len(c)) for c in chunk_lists]
+    return torch.tensor(padded, dtype=torch.long)  # [B, chunks, 77]
+
+
+def _encode_one(encoder, ids: torch.Tensor, family: Family, is_second: bool):
+    """Hidden states (and pooled output for SDXL's second encoder) of [N, 77] token ids."""
+    if family == Family.SDXL:
+        out = encoder(ids, output_hidden_states=True)
+        hidden = out.hidden_states[-2]
+        pooled = out.text_embeds if is_second else None
+        return hidden, pooled
+    return encoder(ids).last_hidden_state, None
+
+
+def encode_prompts(components, texts: list[str]) -> Conditioning:
+    """Encode a batch of prompts with the model's text encoder(s), on their current device/dtype."""
+    hiddens, pooled = [], None
+    for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders)):
+        empty = chunk_token_ids(tokenizer, "")[0]
+        ids = _pad_chunks([chunk_token_ids(tokenizer, t) for t in texts], empty)
+        batch, chunks, length = ids.shape
+        device = next(encoder.parameters()).device
+        hidden, pool = _encode_one(encoder, ids.view(batch * chunks, length).to(device), components.family, index == 1)
+        hiddens.append(hidden.reshape(batch, chunks * length, hidden.shape[-1]))
+        if pool is not None:
+            # A1111 takes the pooled output of the first chunk.
+            pooled = pool.view(batch, chunks, -1)[:, 0]
+    return Conditioning(torch.cat(hiddens, dim=-1), pooled)

@@ -1,0 +1,47 @@
+"""What distinguishes SD1.x, SD2.x and SDXL, and how to tell them apart from checkpoint keys."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Family(str, enum.Enum):
+    SD1 = "sd1"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    family: Family
+    latent_scale: float
+    base_model_version: str  # kohya's ss_base_model_version
+    modelspec_architecture: str  # modelspec.architecture of a LoRA for this family
+    text_encoder_prefixes: tuple[str, ...]  # kohya LoRA key prefixes, one per text encoder
+
+
+SPECS: dict[Family, FamilySpec] = {
+    Family.SD1: FamilySpec(Family.SD1, 0.18215, "sd_v1", "stable-diffusion-v1/lora", ("lora_te",)),
+    Family.SD2: FamilySpec(Family.SD2, 0.18215, "sd_v2", "stable-diffusion-v2-512/lora", ("lora_te",)),
+    Family.SDXL: FamilySpec(
+        Family.SDXL, 0.13025, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", ("lora_te1", "lora_te2")
+    ),
+}
+
+# Training noise schedule shared by all families (BEHAVIOR.md).
+NOISE_SCHEDULE = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+)
+
+
+def detect_family_from_ldm_keys(keys) -> Family | None:
+    """Family of an A1111/LDM single-file checkpoint, from its key names; None if not SD."""
+    keys = set(keys)
+    if any(k.startswith("conditioner.embedders.") for k in keys) or "model.diffusion_model.label_emb.0.0.weight" in keys:
+        return Family.SDXL
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return Family.SD2
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return Family.SD1
+    return None

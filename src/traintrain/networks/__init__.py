@@ -1,0 +1,1 @@
+"""Adapter networks (LoRA family): modules, targeting (blocks, elements), kohya-format files."""

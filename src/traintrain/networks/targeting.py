@@ -1,0 +1,120 @@
+"""Which layers an adapter trains: A1111 block ids, network elements, and kohya module names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from traintrain.errors import UserError
+
+# kohya's target containers: lierla trains Linear / 1x1 Conv layers inside these ...
+TRANSFORMER_CLASSES = {"Transformer2DModel"}
+TEXT_ENCODER_CLASSES = {"CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP"}
+# ... and c3lier (LoCon) also the layers inside these (k x k convs with conv rank/alpha).
+CONV_BLOCK_CLASSES = {"ResnetBlock2D", "Downsample2D", "Upsample2D"}
+
+
+@dataclass(frozen=True)
+class Target:
+    lora_name: str  # kohya key stem, e.g. lora_unet_down_blocks_0_attentions_0_..._to_q
+    module: nn.Module
+    block_id: str  # BASE, IN00 ... OUT11
+    is_kxk_conv: bool  # uses conv rank/alpha
+
+
+def unet_block_ids(unet) -> tuple[str, ...]:
+    """The A1111 block ids that exist in this UNet (SD1/SD2: 12 in, M00, 12 out; SDXL: 9+1+9)."""
+    per_level = unet.config.layers_per_block
+    if isinstance(per_level, (list, tuple)):
+        per_level = per_level[0]
+    count = len(unet.config.block_out_channels) * (per_level + 1)
+    return tuple([f"IN{i:02d}" for i in range(count)] + ["M00"] + [f"OUT{i:02d}" for i in range(count)])
+
+
+def block_id_of(module_path: str, layers_per_block: int) -> str | None:
+    """A1111 block id (LDM input/middle/output block index) of a diffusers UNet module path."""
+    per_level = layers_per_block + 1
+    if module_path.startswith("conv_in"):
+        return "IN00"
+    if module_path.startswith("mid_block"):
+        return "M00"
+    match = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)", module_path)
+    if match:
+        level, kind, index = int(match[1]), match[2], int(match[3])
+        if kind == "downsamplers":
+            return f"IN{(level + 1) * per_level:02d}"
+        return f"IN{1 + level * per_level + index:02d}"
+    match = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)", module_path)
+    if match:
+        level, kind, index = int(match[1]), match[2], int(match[3])
+        if kind == "upsamplers":
+            return f"OUT{level * per_level + layers_per_block:02d}"
+        return f"OUT{level * per_level + index:02d}"
+    return None
+
+
+def check_blocks(selected: list[str], unet) -> None:
+    """Reject block ids this model family does not have, naming the ones it does."""
+    valid = ("BASE",) + unet_block_ids(unet)
+    unknown = [b for b in selected if b not in valid]
+    if unknown:
+        raise UserError(
+            f"network_blocks: {', '.join(unknown)} do not exist in this model; choose from {', '.join(valid)}"
+        )
+
+
+def _element_allows(path: str, element: str) -> bool:
+    if element == "CrossAttention":
+        return ".attn2." in f".{path}."
+    if element == "SelfAttention":
+        return ".attn1." in f".{path}."
+    return True
+
+
+def _trainable_children(container: nn.Module, include_kxk: bool):
+    for name, child in container.named_modules():
+        if isinstance(child, nn.Linear):
+            yield name, child, False
+        elif isinstance(child, nn.Conv2d):
+            is_kxk = child.kernel_size != (1, 1)
+            if not is_kxk or include_kxk:
+                yield name, child, is_kxk
+
+
+def unet_targets(unet, *, blocks: list[str], element: str, with_conv_blocks: bool) -> list[Target]:
+    """UNet layers to adapt, in module order, named the way kohya names SD1/SD2 UNet keys."""
+    per_level = unet.config.layers_per_block
+    if isinstance(per_level, (list, tuple)):
+        per_level = per_level[0]
+    containers = TRANSFORMER_CLASSES | (CONV_BLOCK_CLASSES if with_conv_blocks else set())
+    targets, seen = [], set()
+    for path, container in unet.named_modules():
+        if type(container).__name__ not in containers:
+            continue
+        block = block_id_of(path, per_level)
+        if block is None or block not in blocks:
+            continue
+        include_kxk = type(container).__name__ in CONV_BLOCK_CLASSES
+        for child_name, child, is_kxk in _trainable_children(container, include_kxk):
+            full = f"{path}.{child_name}" if child_name else path
+            if full in seen or not _element_allows(full, element):
+                continue
+            seen.add(full)
+            targets.append(Target("lora_unet_" + full.replace(".", "_"), child, block, is_kxk))
+    return targets
+
+
+def text_encoder_targets(text_encoder, prefix: str) -> list[Target]:
+    """Attention and MLP layers of a CLIP text encoder, named `{prefix}_text_model_encoder_...`."""
+    targets = []
+    for path, container in text_encoder.named_modules():
+        if type(container).__name__ not in TEXT_ENCODER_CLASSES:
+            continue
+        for child_name, child, _ in _trainable_children(container, include_kxk=False):
+            full = f"{path}.{child_name}"
+            if not full.startswith("text_model."):
+                full = "text_model." + full  # transformers 5 drops the prefix kohya names keep
+            targets.append(Target(f"{prefix}_" + full.replace(".", "_"), child, "BASE", False))
+    return targets

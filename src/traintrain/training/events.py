@@ -1,0 +1,38 @@
+"""Progress events the core emits; each face (CLI bar, web UI, log) renders them its own way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+
+@dataclass
+class Progress:
+    phase: str  # e.g. "LoRA", "copier", "difference"
+    step: int  # optimizer steps done
+    total: int
+    loss: float
+    loss_average: float
+    learning_rate: float
+    elapsed: float  # seconds since the phase started
+    eta: float  # seconds left, estimated
+
+
+@dataclass
+class Message:
+    text: str
+    level: str = "info"  # info | warning
+
+
+@dataclass
+class Saved:
+    path: str
+    step: int
+
+
+Event = Union[Progress, Message, Saved]
+Reporter = Callable[[Event], None]
+
+
+def ignore(_event: Event) -> None:
+    """Default reporter for library use: no output."""

@@ -1,0 +1,129 @@
+import json
+from dataclasses import fields
+
+import pytest
+
+from traintrain.config import ALL_BLOCK_IDS, LRScheduler, Mode, NetworkType, TrainConfig
+from traintrain.errors import UserError
+from traintrain.presets import load_preset, preset_names
+
+# A non-default value for every parameter, as a user might write it in JSON.
+CHANGED = {
+    "mode": "iLECO", "model": "m.safetensors", "original_prompt": "red", "target_prompt": "blue",
+    "negative_prompt": "ugly", "original_image": "a.png", "target_image": "b.png",
+    "network_type": "c3lier", "network_rank": 4, "network_alpha": 2.5, "lora_data_directory": "imgs",
+    "lora_trigger_word": "sks", "network_blocks": ["IN01", "OUT03"], "train_iterations": 7,
+    "image_size": [768, 512], "train_batch_size": 3, "train_learning_rate": 0.002, "train_optimizer": "AdamW",
+    "train_lr_scheduler": "cosine_with_restarts", "save_lora_name": "x", "use_gradient_checkpointing": True,
+    "network_conv_rank": 2, "network_conv_alpha": 1.0, "network_element": "CrossAttention",
+    "train_lr_step_rules": "1:10,0.1", "train_lr_scheduler_num_cycles": 3, "train_lr_scheduler_power": 2.0,
+    "train_lr_warmup_steps": 5, "train_textencoder_learning_rate": 1e-5, "train_min_timesteps": 10,
+    "train_max_timesteps": 900, "image_buckets_step": 128, "image_min_length": 256, "image_max_ratio": 3.0,
+    "sub_image_num": 2, "image_mirroring": True, "save_per_steps": 100, "save_overwrite": True,
+    "save_as_json": True, "model_v_pred": True, "train_model_precision": "bf16", "train_lora_precision": "bf16",
+    "save_precision": "fp32", "train_seed": 42, "train_snr_gamma": 0.0, "diff_save_1st_pass": True,
+    "diff_1st_pass_only": True, "diff_load_1st_pass": "copy.safetensors", "use_2nd_pass_settings": True,
+    "logging_verbose": True, "logging_save_csv": True, "2nd pass": {"network_rank": 2},
+}
+
+
+def test_changed_covers_every_parameter():
+    names = {f.name for f in fields(TrainConfig)} - {"second_pass"}
+    assert names == set(CHANGED) - {"2nd pass"}
+
+
+def test_every_parameter_round_trips_through_json(tmp_path):
+    config = TrainConfig.from_json_dict(CHANGED)
+    path = tmp_path / "settings.json"
+    config.save_json(path)
+    again = TrainConfig.load_json(path)
+    assert again == config
+    data = json.loads(path.read_text())
+    for key, value in CHANGED.items():
+        assert data[key] == value, key
+    for name in CHANGED:
+        if name not in ("2nd pass", "train_optimizer"):  # AdamW is the only optimizer so far
+            assert getattr(again, name) != getattr(TrainConfig(), name), f"{name} kept its default"
+
+
+def test_defaults_follow_behavior():
+    c = TrainConfig()
+    assert (c.network_type, c.network_rank, c.network_alpha, c.train_iterations) == (NetworkType.LIERLA, 16, 8, 1000)
+    assert c.network_blocks == list(ALL_BLOCK_IDS) and c.image_size == [512, 512]
+    assert c.train_lr_scheduler == LRScheduler.COSINE and c.train_seed == -1 and c.output_name == "untitled"
+
+
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("network_type", "lokx", "network_type: 'lokx' is not one of: lierla, c3lier"),
+        ("train_lr_scheduler", "cosinus", "cosine, cosine_with_restarts"),
+        ("mode", "lecco", "LoRA, iLECO, Difference"),
+        ("network_blocks", "IN01,IN99", "'IN99' is not one of: BASE, IN00"),
+        ("network_rank", "0", "network_rank: 0 is below the minimum 1"),
+        ("network_rank", "four", "network_rank: 'four' is not a number"),
+        ("image_size", "768,500", "image_size"),
+        ("image_mirroring", "maybe", "use true or false"),
+        ("train_snr_gamma", "30", "above the maximum 20"),
+    ],
+)
+def test_bad_values_name_field_and_choices(key, value, fragment):
+    with pytest.raises(UserError) as info:
+        TrainConfig().with_values(**{key: value})
+    assert fragment in str(info.value)
+
+
+def test_unknown_parameter_suggests_the_closest():
+    with pytest.raises(UserError, match="unknown parameter 'network_rnk'.*network_rank"):
+        TrainConfig().with_values(network_rnk="4")
+
+
+def test_text_values_are_parsed_like_the_command_line():
+    c = TrainConfig().with_values(
+        mode="ileco", network_blocks="in01, OUT03", image_size="768,512", image_mirroring="true", train_learning_rate="5e-4"
+    )
+    assert c.mode == Mode.ILECO and c.network_blocks == ["IN01", "OUT03"]
+    assert c.image_size == [768, 512] and c.image_mirroring is True and c.train_learning_rate == 5e-4
+
+
+def test_single_image_size_is_square_and_order_is_kept():
+    assert TrainConfig(image_size="512").image_size == [512, 512]
+    assert TrainConfig(image_size="512,768").image_size == [512, 768]
+
+
+def test_original_extension_presets_load():
+    legacy = {
+        "network_type": "lierla", "network_rank": "16", "network_alpha": "8", "image_size(height, width)": "512",
+        "train_learning_rate": "1e-4", "network_blocks(BASE = TextEncoder)": ["BASE", "IN00"],
+        "train_fixed_timsteps_in_batch": False, "logging_save_csv": "", "mode": "Difference", "vae": "None",
+        "original prompt": "", "target prompt": "", "use_2nd_pass_settings": True,
+        "2nd pass": {"network_rank": "4", "network_alpha": "4", "train_learning_rate": "1e-4", "network_type": "lierla"},
+    }
+    c = TrainConfig.from_json_dict(legacy)
+    assert c.network_rank == 16 and c.network_blocks == ["BASE", "IN00"] and c.logging_save_csv is False
+    assert c.second_pass == {"network_rank": 4, "network_alpha": 4.0}  # only what differs
+    second = c.for_second_pass()
+    assert (second.network_rank, second.network_alpha, second.train_learning_rate) == (4, 4.0, 1e-4)
+
+
+def test_shipped_presets():
+    assert preset_names() == ["Difference", "Difference_Use2ndPass", "LoRA", "iLECO"]
+    lora, ileco = load_preset("lora"), load_preset("iLECO")
+    diff, diff2 = load_preset("Difference"), load_preset("Difference_Use2ndPass")
+    assert (lora.network_rank, lora.network_alpha, lora.train_iterations, lora.train_learning_rate) == (16, 8, 1000, 1e-4)
+    assert (ileco.network_rank, ileco.network_alpha, ileco.train_iterations, ileco.train_learning_rate) == (4, 8, 300, 5e-4)
+    assert (diff.network_rank, diff.network_alpha, diff.train_iterations, diff.train_learning_rate) == (16, 16, 500, 5e-4)
+    assert diff2.use_2nd_pass_settings and diff2.for_second_pass().network_rank == 4
+    assert diff2.for_second_pass().train_learning_rate == 1e-4
+    with pytest.raises(UserError, match="unknown preset"):
+        load_preset("nope")
+
+
+def test_bad_json_file(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        TrainConfig.load_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="expected a JSON object"):
+        TrainConfig.load_json(path)
