@@ -149,9 +149,22 @@ def _command_demo(args) -> int:
 COMMANDS = {"train": _command_train, "tiny-model": _command_tiny, "demo": _command_demo}
 
 
+def quiet_libraries() -> None:
+    """Library chatter (deprecations, dtype notes) would bury our own messages."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

@@ -34,8 +34,8 @@ class ProgressPrinter:
                 self._close_bar()
                 self.phase = event.phase
                 self.bar = tqdm(total=event.total, desc=event.phase, unit="step", file=self.stream, dynamic_ncols=True)
-            self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(loss=f"{event.loss_average:.4f}", lr=f"{event.learning_rate:.2e}", refresh=False)
+            self.bar.update(event.step - self.bar.n)
             if self.verbose:
                 self.bar.write(f"step {event.step}/{event.total} loss {event.loss:.5f} lr {event.learning_rate:.3e}", file=self.stream)
         elif isinstance(event, Message):

@@ -1,0 +1,131 @@
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from helpers import randomize_network, tiny_components, unet_inputs
+from traintrain.errors import UserError
+from traintrain.networks.network import AdapterNetwork, NetworkSpec
+from traintrain.networks.targeting import block_id_of, text_encoder_targets, unet_block_ids, unet_targets
+from traintrain.config import ALL_BLOCK_IDS
+
+
+def spec(**kw):
+    base = dict(network_type="lierla", rank=4, alpha=2, blocks=list(ALL_BLOCK_IDS), element="Full")
+    base.update(kw)
+    return NetworkSpec(**base)
+
+
+def unet_out(components):
+    latents, t, hidden = unet_inputs(components)
+    with torch.no_grad():
+        return components.unet(latents, t, encoder_hidden_states=hidden).sample
+
+
+def test_untrained_network_changes_nothing_and_trained_one_does():
+    components = tiny_components()
+    before = unet_out(components)
+    network = AdapterNetwork(components, spec()).apply()
+    assert torch.equal(unet_out(components), before)
+    randomize_network(network)
+    changed = unet_out(components)
+    assert (changed - before).abs().max() > 1e-3
+    network.set_multiplier(0)
+    assert torch.equal(unet_out(components), before)
+    network.set_multiplier(1)
+    network.remove()
+    assert torch.equal(unet_out(components), before)
+
+
+def test_stacked_networks_add_up_and_remove_in_order():
+    components = tiny_components()
+    before = unet_out(components)
+    first = randomize_network(AdapterNetwork(components, spec()), seed=1).apply()
+    only_first = unet_out(components)
+    second = randomize_network(AdapterNetwork(components, spec()), seed=2).apply()
+    both = unet_out(components)
+    assert not torch.allclose(both, only_first)
+    second.remove()
+    assert torch.equal(unet_out(components), only_first)
+    first.remove()
+    assert torch.equal(unet_out(components), before)
+
+
+def test_tiny_sd1_module_counts_match_sd15_layout():
+    components = tiny_components()
+    network = AdapterNetwork(components, spec())
+    assert len(network.unet_modules) == 192
+    assert len(network.text_encoder_modules) == 6 * components.text_encoders[0].config.num_hidden_layers
+
+
+def test_full_size_sd15_counts_match_kohya():
+    sd15 = dict(
+        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, layers_per_block=2,
+        cross_attention_dim=768, attention_head_dim=8,
+    )
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd15)
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12))
+    assert len(unet_targets(unet, blocks=list(ALL_BLOCK_IDS), element="Full", with_conv_blocks=False)) == 192
+    assert len(text_encoder_targets(text, "lora_te")) == 72
+    assert unet_block_ids(unet)[-1] == "OUT11"
+
+
+def test_block_ids_follow_a1111_numbering():
+    assert block_id_of("conv_in", 2) == "IN00"
+    assert block_id_of("down_blocks.0.attentions.1.proj_in", 2) == "IN02"
+    assert block_id_of("down_blocks.0.downsamplers.0.conv", 2) == "IN03"
+    assert block_id_of("down_blocks.3.resnets.1.conv1", 2) == "IN11"
+    assert block_id_of("mid_block.attentions.0.proj_in", 2) == "M00"
+    assert block_id_of("up_blocks.0.upsamplers.0.conv", 2) == "OUT02"
+    assert block_id_of("up_blocks.3.attentions.2.proj_out", 2) == "OUT11"
+
+
+def test_one_block_selects_only_that_block():
+    components = tiny_components()
+    network = AdapterNetwork(components, spec(blocks=["IN01"]))
+    names = [m.lora_name for m in network.all_modules]
+    assert names and all(n.startswith("lora_unet_down_blocks_0_attentions_0_") for n in names)
+
+
+@pytest.mark.parametrize("element, wanted, unwanted", [("CrossAttention", "_attn2_", "_attn1_"), ("SelfAttention", "_attn1_", "_attn2_")])
+def test_elements_select_attention_kind(element, wanted, unwanted):
+    components = tiny_components()
+    network = AdapterNetwork(components, spec(element=element))
+    names = [m.lora_name for m in network.all_modules]
+    assert len(names) == 16 * 4 and all(wanted in n and unwanted not in n for n in names)
+
+
+def test_c3lier_adds_conv_blocks_with_conv_rank():
+    components = tiny_components()
+    network = AdapterNetwork(components, spec(network_type="c3lier", conv_rank=2, conv_alpha=1))
+    convs = [m for m in network.unet_modules if isinstance(m.lora_down, torch.nn.Conv2d) and m.lora_down.kernel_size == (3, 3)]
+    assert convs and all(m.rank == 2 and float(m.alpha) == 1 for m in convs)
+    assert any("_resnets_" in m.lora_name for m in network.unet_modules)
+    assert len(network.unet_modules) > 192
+
+
+def test_unknown_block_for_family_is_rejected():
+    components = tiny_components()
+    with pytest.raises(UserError, match="OUT12"):
+        AdapterNetwork(components, NetworkSpec(blocks=["OUT12"]))
+
+
+def test_saved_tensors_round_trip_and_strength():
+    components = tiny_components()
+    network = randomize_network(AdapterNetwork(components, spec()))
+    tensors = network.tensors_for_save(torch.float32)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert tensors[f"{key}.lora_down.weight"].shape == (4, 32)
+    assert tensors[f"{key}.alpha"].ndim == 0
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in tensors
+    other = AdapterNetwork(tiny_components(), spec())
+    other.load_tensors(tensors)
+    assert all(torch.equal(a, b) for a, b in zip(other.tensors_for_save(torch.float32).values(), tensors.values()))
+    strong = network.tensors_for_save(torch.float32, strength=4.0)
+    assert torch.allclose(strong[f"{key}.lora_up.weight"], 2 * tensors[f"{key}.lora_up.weight"])
+    small = AdapterNetwork(tiny_components(), spec(rank=2))
+    with pytest.raises(UserError, match="same rank"):
+        small.load_tensors(tensors)
