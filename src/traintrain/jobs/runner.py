@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from traintrain.config import Mode, TrainConfig
+from traintrain.data.images import find_images
 from traintrain.errors import UserError
 from traintrain.training.events import Message, Reporter, ignore
 from traintrain.training.runtime import choose_seed, freeze_model, noise_scheduler, pick_device, resolve_dtype
@@ -46,6 +47,7 @@ def check_inputs(config: TrainConfig) -> None:
             raise UserError("LoRA mode needs images: pass --data DIR (or set lora_data_directory)")
         if not Path(config.lora_data_directory).is_dir():
             raise UserError(f"image folder {config.lora_data_directory} does not exist: pass an existing --data DIR")
+        find_images(config.lora_data_directory)  # an empty folder fails now, not after loading the model
     else:
         raise UserError(f"mode {config.mode.value} is not available in this version; use mode LoRA")
 
