@@ -66,7 +66,7 @@ def write_demo_images(folder: Path) -> list[tuple[Path, str]]:
 
 def demo_config(model: Path, data: Path, steps: int) -> TrainConfig:
     return TrainConfig(
-        mode="LoRA", model=str(model), lora_data_directory=str(data), lora_trigger_word=TRIGGER,
+        mode="LoRA", model=str(model), lora_data_directory=str(data), lora_trigger_word=TRIGGER, network_type="c3lier",
         network_rank=8, network_alpha=8, train_iterations=steps, train_batch_size=2,
         train_learning_rate=2e-3, image_size=[SIZE, SIZE], image_buckets_step=64, image_min_length=64,
         train_model_precision="fp32", save_precision="fp32", train_seed=0, train_snr_gamma=5,

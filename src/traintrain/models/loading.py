@@ -1,0 +1,329 @@
+"""Load a Stable Diffusion model offline: A1111 single files (`.safetensors`, `.ckpt`) or diffusers folders.
+
+A single file carries no config, so the architecture's dimensions are read from tensor shapes and
+filled into the family's bundled config template (ComfyUI's approach): real checkpoints and the tiny
+test models load through the same path. Every failure is a one-line UserError.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import accelerate
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from traintrain.errors import UserError
+from traintrain.models.components import ModelComponents
+from traintrain.models.families import Family, detect_family_from_ldm_keys
+from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
+from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
+
+CONFIG_ROOT = Path(__file__).parent / "configs"
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
+TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
+V_PARAMETERIZATION = re.compile(r"""^\s*parameterization:\s*["']?v["']?\s*$""", re.MULTILINE)
+
+
+def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dtype=torch.float32) -> ModelComponents:
+    """UNet, VAE, text encoder(s) and tokenizer(s) of the model at `path`, never touching the network.
+
+    `v_prediction`: an explicit value wins; else the diffusers scheduler config or a `X.yaml` beside
+    the checkpoint with `parameterization: "v"` decides; else epsilon-prediction.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; check the model path")
+    components = _load_diffusers_folder(path, tokenizer_dir) if path.is_dir() else _load_single_file(path, tokenizer_dir)
+    check_vocab_fits(components.tokenizers, components.text_encoders)
+    for model in (components.unet, components.vae, *components.text_encoders):
+        if model.dtype != dtype:  # diffusers warns about any cast, even a no-op one
+            model.to(dtype)
+        model.eval()
+    components.v_prediction = _detect_v_prediction(path) if v_prediction is None else v_prediction
+    return components
+
+
+def config_template(family: Family, component: str) -> dict:
+    """The bundled config JSON of a family's component (`unet`, `vae`, `text_encoder`, `scheduler`, ...)."""
+    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    return json.loads((CONFIG_ROOT / family.value / component / name).read_text())
+
+
+def unet_attention_heads(family: Family, channels) -> int | list[int]:
+    """Head counts a file cannot store: SD1 uses 8 heads everywhere, SD2/SDXL heads of 64 channels."""
+    if family is Family.SD1:
+        return config_template(family, "unet")["attention_head_dim"]
+    return [max(1, c // 64) for c in channels]
+
+
+def text_encoder_heads(hidden_size: int) -> int:
+    """CLIP-L, OpenCLIP-H and bigG all use 64-wide heads; tiny encoders get one head."""
+    return max(1, hidden_size // 64)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` or `.ckpt` file (unwrapping Lightning's `state_dict`)."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise UserError(f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again") from error
+    if suffix not in TORCH_SUFFIXES:
+        raise UserError(f"{path}: unsupported model file type '{suffix}'; give a .safetensors or .ckpt file, or a diffusers folder")
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
+        raise UserError(
+            f"{path}: this .ckpt holds Python objects that need unsafe pickle loading; "
+            "use a .safetensors version of the model (or convert it with a tool you trust)"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt")
+    return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
+
+
+# ---- single files -------------------------------------------------------------------------------
+
+
+def _load_single_file(path: Path, tokenizer_dir) -> ModelComponents:
+    state = read_checkpoint(path)
+    family = _detect_family(path, state)
+    tokenizers = find_tokenizers(family, path, tokenizer_dir)
+    try:
+        encoder_configs = _text_encoder_configs_from_ldm(family, state, tokenizers)
+        unet_config = unet_config_from_ldm(family, state, encoder_configs)
+        vae_config = vae_config_from_ldm(family, state)
+    except (KeyError, IndexError, ValueError, StopIteration) as error:
+        raise UserError(f"{path}: {family.value} checkpoint with missing or odd weights ({error}); the file is incomplete or not supported") from error
+    unet = _assemble(UNet2DConditionModel.from_config, unet_config, lambda m: convert_ldm_unet_checkpoint(state, unet_config), path, "UNet")
+    vae = _assemble(AutoencoderKL.from_config, vae_config, lambda m: convert_ldm_vae_checkpoint(state, vae_config), path, "VAE")
+    text_encoders = [
+        _assemble(build_text_encoder, config, lambda m, i=index: _convert_text_encoder(family, i, state, m), path, "text encoder")
+        for index, config in enumerate(encoder_configs)
+    ]
+    return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=str(path))
+
+
+def _detect_family(path: Path, state) -> Family:
+    family = detect_family_from_ldm_keys(state.keys())
+    if family is not None:
+        return family
+    if any(key.startswith(("lora_", "lycoris_")) for key in state):
+        raise UserError(f"{path}: this is a LoRA, not a model; give a Stable Diffusion 1.x, 2.x or XL checkpoint")
+    raise UserError(f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys); give an SD1.x, SD2.x or SDXL model")
+
+
+def unet_config_from_ldm(family: Family, state, encoder_configs) -> dict:
+    """UNet config: the family template with channels, depth and attention layout read from the weights."""
+    unet = _under(state, UNET_PREFIX)
+    levels = 1 + sum(1 for key in unet if re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", key))
+    input_blocks = 1 + max(int(key.split(".")[1]) for key in unet if key.startswith("input_blocks."))
+    per_block = (input_blocks - levels) // levels
+    first_blocks = [1 + level * (per_block + 1) for level in range(levels)]
+    channels = [unet[f"input_blocks.{block}.0.out_layers.3.weight"].shape[0] for block in first_blocks]
+    depths = [_count(unet, f"input_blocks.{block}.1.transformer_blocks.") for block in first_blocks]
+    mid_depth = _count(unet, "middle_block.1.transformer_blocks.")
+    attention = next(key for key in unet if key.endswith(".proj_in.weight"))
+    cross_key = next(key for key in unet if key.endswith("attn2.to_k.weight"))
+    config = config_template(family, "unet") | {
+        "in_channels": unet["input_blocks.0.0.weight"].shape[1],
+        "out_channels": unet["out.2.weight"].shape[0],
+        "block_out_channels": channels,
+        "layers_per_block": per_block,
+        "down_block_types": ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depths],
+        "up_block_types": ["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depths)],
+        "transformer_layers_per_block": [d or 1 for d in depths[:-1]] + [depths[-1] or mid_depth],
+        "cross_attention_dim": unet[cross_key].shape[1],
+        "use_linear_projection": unet[attention].ndim == 2,
+        "attention_head_dim": unet_attention_heads(family, channels),
+    }
+    if family is Family.SDXL:
+        extra_inputs = unet["label_emb.0.0.weight"].shape[1]
+        pooled = encoder_configs[-1]["projection_dim"]
+        config |= {"projection_class_embeddings_input_dim": extra_inputs, "addition_time_embed_dim": (extra_inputs - pooled) // 6}
+    return config
+
+
+def vae_config_from_ldm(family: Family, state) -> dict:
+    """VAE config: the family template with levels, channels and latent size read from the weights."""
+    vae = _under(state, VAE_PREFIX)
+    levels = len({key.split(".")[2] for key in vae if key.startswith("encoder.down.")})
+    return config_template(family, "vae") | {
+        "in_channels": vae["encoder.conv_in.weight"].shape[1],
+        "out_channels": vae["decoder.conv_out.weight"].shape[0],
+        "latent_channels": vae["decoder.conv_in.weight"].shape[1],
+        "block_out_channels": [vae[f"encoder.down.{level}.block.0.conv2.weight"].shape[0] for level in range(levels)],
+        "layers_per_block": _count(vae, "encoder.down.0.block."),
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+    }
+
+
+def _text_encoder_configs_from_ldm(family: Family, state, tokenizers) -> list[dict]:
+    """Text encoder config(s): templates with width, depth and vocabulary read from the weights."""
+    configs = []
+    folders = TEXT_ENCODER_FOLDERS[: len(TEXT_ENCODER_PREFIXES[family])]
+    for prefix, folder, tokenizer in zip(TEXT_ENCODER_PREFIXES[family], folders, tokenizers):
+        weights = _under(state, prefix)
+        if prefix.endswith(".transformer."):
+            embedding = weights["text_model.embeddings.token_embedding.weight"]
+            positions = weights["text_model.embeddings.position_embedding.weight"].shape[0]
+            layers = _count(weights, "text_model.encoder.layers.")
+            intermediate = weights["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
+        else:
+            embedding = weights["token_embedding.weight"]
+            positions = weights["positional_embedding"].shape[0]
+            # diffusers drops SD2's last OpenCLIP layer: SD2 conditions on the penultimate one.
+            layers = _count(weights, "transformer.resblocks.") - (family is Family.SD2)
+            intermediate = weights["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+        config = config_template(family, folder) | {
+            "vocab_size": embedding.shape[0],
+            "hidden_size": embedding.shape[1],
+            "num_attention_heads": text_encoder_heads(embedding.shape[1]),
+            "num_hidden_layers": layers,
+            "intermediate_size": intermediate,
+            "max_position_embeddings": positions,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if "text_projection" in weights and family is Family.SDXL:
+            config["projection_dim"] = weights["text_projection"].shape[1]
+        configs.append(config)
+    return configs
+
+
+def build_text_encoder(config: dict):
+    """The transformers class the config names (SDXL's second encoder has a projection), randomly initialised."""
+    cls = CLIPTextModelWithProjection if config["architectures"] == ["CLIPTextModelWithProjection"] else CLIPTextModel
+    return cls(CLIPTextConfig.from_dict(config))
+
+
+def _convert_text_encoder(family: Family, index: int, state, model) -> dict:
+    """LDM text-encoder weights in the model's own key names, via diffusers' converters."""
+    prefix = TEXT_ENCODER_PREFIXES[family][index]
+    if prefix.endswith(".transformer."):
+        converted = convert_ldm_clip_checkpoint(_under(state, prefix, keep_prefix=True))
+    else:
+        converted = convert_open_clip_checkpoint(model, _open_clip_weights(family, state, prefix), prefix=prefix)
+    if not hasattr(model, "text_model"):  # transformers 5 flattened CLIPTextModel
+        converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    return {key: value for key, value in converted.items() if not key.endswith("position_ids")}
+
+
+def _open_clip_weights(family: Family, state, prefix: str) -> dict:
+    """OpenCLIP weights to convert; for SD2 without the unused last layer and projection."""
+    weights = _under(state, prefix, keep_prefix=True)
+    if family is not Family.SD2:
+        return weights
+    last = _count(weights, prefix + "transformer.resblocks.") - 1
+    unused = (f"{prefix}transformer.resblocks.{last}.", f"{prefix}text_projection")
+    return {key: value for key, value in weights.items() if not key.startswith(unused)}
+
+
+def _assemble(build, config: dict, convert, path: Path, what: str):
+    """Build the model without allocating weights, then adopt the converted tensors, strictly."""
+    with accelerate.init_empty_weights():
+        model = build(config)
+    try:
+        model.load_state_dict(convert(model), strict=True, assign=True)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise UserError(
+            f"{path}: the {what} weights do not fit a {_architecture_name(config)} model ({_first_line(error)}); "
+            "the file is incomplete or an unsupported variant"
+        ) from error
+    return model
+
+
+def _architecture_name(config: dict) -> str:
+    """A short architecture name for messages."""
+    return config.get("_class_name") or config.get("architectures", ["model"])[0]
+
+
+# ---- diffusers folders --------------------------------------------------------------------------
+
+
+def _load_diffusers_folder(path: Path, tokenizer_dir) -> ModelComponents:
+    if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
+        raise UserError(
+            f"{path}: folder is not a diffusers model (no model_index.json with unet/); "
+            "give a diffusers model folder or a .safetensors/.ckpt file"
+        )
+    family = _family_from_folder(path)
+    unet = _from_pretrained(UNet2DConditionModel, path, "unet")
+    vae = _from_pretrained(AutoencoderKL, path, "vae")
+    classes = (CLIPTextModel, CLIPTextModelWithProjection) if family is Family.SDXL else (CLIPTextModel,)
+    text_encoders = [_from_pretrained(cls, path, folder) for cls, folder in zip(classes, TEXT_ENCODER_FOLDERS)]
+    tokenizers = find_tokenizers(family, path, tokenizer_dir)
+    return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=str(path))
+
+
+def _family_from_folder(path: Path) -> Family:
+    """SDXL has a second text encoder; SD2's OpenCLIP encoder uses gelu where SD1's CLIP-L uses quick_gelu."""
+    if (path / "text_encoder_2").is_dir():
+        return Family.SDXL
+    encoder_config = path / "text_encoder" / "config.json"
+    if not encoder_config.is_file():
+        raise UserError(f"{path}: diffusers folder without text_encoder/config.json; give a complete SD1/SD2/SDXL model folder")
+    return Family.SD2 if json.loads(encoder_config.read_text()).get("hidden_act") == "gelu" else Family.SD1
+
+
+def _from_pretrained(cls, path: Path, subfolder: str):
+    try:
+        if cls in (CLIPTextModel, CLIPTextModelWithProjection):
+            return cls.from_pretrained(str(path / subfolder), local_files_only=True)
+        return cls.from_pretrained(str(path), subfolder=subfolder, local_files_only=True, variant=_variant(path / subfolder))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise UserError(f"{path / subfolder}: cannot load the weights ({_first_line(error)}); the folder is incomplete or corrupt") from error
+
+
+def _variant(folder: Path) -> str | None:
+    """diffusers only finds `*.fp16.safetensors` when asked for that variant."""
+    has_plain = any(folder.glob("diffusion_pytorch_model.safetensors")) or any(folder.glob("diffusion_pytorch_model.bin"))
+    return "fp16" if not has_plain and any(folder.glob("*.fp16.safetensors")) else None
+
+
+# ---- shared helpers -----------------------------------------------------------------------------
+
+
+def _detect_v_prediction(path: Path) -> bool:
+    if path.is_dir():
+        scheduler = path / "scheduler" / "scheduler_config.json"
+        return scheduler.is_file() and json.loads(scheduler.read_text()).get("prediction_type") == "v_prediction"
+    yaml = path.with_suffix(".yaml")
+    return yaml.is_file() and bool(V_PARAMETERIZATION.search(yaml.read_text(errors="replace")))
+
+
+def _under(state, prefix: str, keep_prefix: bool = False) -> dict:
+    return {(key if keep_prefix else key[len(prefix) :]): value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _count(weights, prefix: str) -> int:
+    """How many numbered children `prefix{n}.` exist (layers, resnets, transformer blocks)."""
+    return len({key[len(prefix) :].split(".")[0] for key in weights if key.startswith(prefix)})
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,161 @@
+"""CLIP tokenizers: a tiny in-memory one for tests and demos, and an offline search for real ones.
+
+Tokenizer files are small but not part of a single-file checkpoint, and we never reach the network,
+so they come from a folder the user names, the model's own folder, or the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from traintrain.errors import UserError
+from traintrain.models.families import Family
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+MAX_LENGTH = 77
+
+# Words the tiny tokenizer knows as whole tokens, so test prompts give short, realistic ids.
+TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "girl", "man", "style", "red", "blue", "in")
+
+# Hugging Face repos (and subfolder) holding each family's tokenizers, in order of preference.
+HF_TOKENIZER_REPOS: dict[Family, list[list[tuple[str, str]]]] = {
+    Family.SD1: [[("openai/clip-vit-large-patch14", ""), ("runwayml/stable-diffusion-v1-5", "tokenizer")]],
+    Family.SD2: [[("stabilityai/stable-diffusion-2-1", "tokenizer"), ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "")]],
+    Family.SDXL: [
+        [("openai/clip-vit-large-patch14", ""), ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer")],
+        [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2"), ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "")],
+    ],
+}
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+
+
+def build_tiny_tokenizer() -> CLIPTokenizer:
+    """A real byte-level BPE CLIP tokenizer with a vocabulary of a few hundred entries.
+
+    Layout follows CLIP's: 256 byte symbols, their end-of-word forms, merge results, then BOS/EOS
+    (so EOS has the highest id, as in the real vocabulary).
+    """
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: list[tuple[str, str]] = []
+    for word in TINY_WORDS:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            if pair not in merges:
+                merges.append(pair)
+                tokens.append(pair[0] + pair[1])
+            pieces[:2] = [pair[0] + pair[1]]
+    tokens = list(dict.fromkeys(tokens)) + [BOS, EOS]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH, pad_token=EOS)
+
+
+def save_tokenizer(tokenizer: CLIPTokenizer, folder) -> None:
+    """Save in both layouts tools read: tokenizer.json and the classic vocab.json + merges.txt."""
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "vocab.json").write_text(json.dumps(tokenizer.get_vocab(), ensure_ascii=False), encoding="utf-8")
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    lines = "".join(" ".join(pair) + "\n" for pair in merges)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + lines, encoding="utf-8")
+
+
+def find_tokenizers(family: Family, model_path, tokenizer_dir=None) -> list[CLIPTokenizer]:
+    """The family's tokenizer(s) (two for SDXL), found offline, or a UserError saying what to provide.
+
+    Order: the user-named folder, the model's folder (diffusers `tokenizer/`, or `X.tokenizer/` beside
+    a single file `X.safetensors`), then the local Hugging Face cache.
+    """
+    count = 2 if family is Family.SDXL else 1
+    if tokenizer_dir is not None:
+        found = _from_folder(Path(tokenizer_dir), count)
+        if found is None:
+            raise UserError(
+                f"{tokenizer_dir}: no tokenizer there; give --tokenizer a folder with vocab.json and merges.txt"
+                f"{' (or tokenizer/ and tokenizer_2/ subfolders)' if count == 2 else ''}"
+            )
+        return found
+    model_path = Path(model_path)
+    folder = model_path if model_path.is_dir() else model_path.with_name(model_path.stem + ".tokenizer")
+    found = _from_folder(folder, count) if folder.is_dir() else None
+    if found is None:
+        found = _from_hf_cache(family)
+    if found is None:
+        raise UserError(_missing_message(family, model_path, folder))
+    return found
+
+
+def check_vocab_fits(tokenizers, text_encoders) -> None:
+    """Token ids beyond the embedding table would crash mid-training; refuse the pair up front."""
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        rows = encoder.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            raise UserError(
+                f"tokenizer {tokenizer.name_or_path or '(built in)'} has {len(tokenizer)} tokens but the text encoder "
+                f"has only {rows} embedding rows; use the tokenizer that belongs to this model (--tokenizer DIR)"
+            )
+
+
+def _from_folder(folder: Path, count: int) -> list[CLIPTokenizer] | None:
+    """Tokenizers from `folder/tokenizer[_2]/`, or from `folder` itself when it holds vocab.json."""
+    if all(_has_tokenizer_files(folder / sub) for sub in TOKENIZER_FOLDERS[:count]):
+        return [_load(folder / sub) for sub in TOKENIZER_FOLDERS[:count]]
+    if _has_tokenizer_files(folder):
+        return [_load(folder) for _ in range(count)]
+    return None
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() or (folder / "tokenizer.json").is_file()
+
+
+def _load(folder: Path, **kwargs) -> CLIPTokenizer:
+    """Load offline; a folder without tokenizer_config.json would otherwise get no length limit."""
+    try:
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=MAX_LENGTH, **kwargs)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder}: cannot read the tokenizer ({error}); replace vocab.json and merges.txt") from error
+
+
+def _hf_hub_cache() -> Path:
+    """The hub cache folder, read from the environment now (huggingface_hub reads it at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def _from_hf_cache(family: Family) -> list[CLIPTokenizer] | None:
+    """One tokenizer per text encoder from the first cached repo that has it; None if any is missing."""
+    cache = _hf_hub_cache()
+    found = []
+    for candidates in HF_TOKENIZER_REPOS[family]:
+        folder = next((f for f in (_cached_folder(cache, repo, sub) for repo, sub in candidates) if f), None)
+        if folder is None:
+            return None
+        found.append(_load(folder))
+    return found
+
+
+def _cached_folder(cache: Path, repo: str, subfolder: str) -> Path | None:
+    """The snapshot folder of `repo` (its `main` ref, else any snapshot) holding tokenizer files."""
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    ref = repo_dir / "refs" / "main"
+    snapshots = [repo_dir / "snapshots" / ref.read_text().strip()] if ref.is_file() else []
+    snapshots += sorted((repo_dir / "snapshots").glob("*")) if (repo_dir / "snapshots").is_dir() else []
+    return next((s / subfolder for s in snapshots if _has_tokenizer_files(s / subfolder)), None)
+
+
+def _missing_message(family: Family, model_path: Path, folder: Path) -> str:
+    repos = " and ".join(" or ".join(f"{r}{'/' + s if s else ''}" for r, s in c) for c in HF_TOKENIZER_REPOS[family])
+    layout = "tokenizer/ and tokenizer_2/" if family is Family.SDXL else "vocab.json and merges.txt"
+    return (
+        f"{model_path}: no {family.value} tokenizer found offline; pass --tokenizer DIR (a folder with {layout}), "
+        f"put it in {folder}, or have {repos} in the Hugging Face cache ({_hf_hub_cache()})"
+    )
