@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", metavar="DIR", help="folder for the demo files (default demo_output)")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: about two minutes on 2 CPU cores)")
     demo.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # more subcommands: each adds its parser here and its handler to COMMANDS
     return parser
 
 

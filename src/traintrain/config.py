@@ -143,6 +143,10 @@ class TrainConfig:
     use_2nd_pass_settings: bool = _param(False, "Difference: use the '2nd pass' settings for pass 2")
     logging_verbose: bool = _param(False, "print a log line per step")
     logging_save_csv: bool = _param(False, "write step, loss and lr to a CSV log")
+    # --- images and captions (beyond the seed's table) ---
+    # --- networks and model families ---
+    # --- training options: optimizers, precision, noise, logging ---
+    # --- modes: iLECO, Difference, ADDifT, previews ---
     second_pass: dict = _param(None, "Difference: parameters that differ in pass 2", factory=dict)
 
     def __post_init__(self):
