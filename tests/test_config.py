@@ -13,7 +13,7 @@ CHANGED = {
     "negative_prompt": "ugly", "original_image": "a.png", "target_image": "b.png",
     "network_type": "c3lier", "network_rank": 4, "network_alpha": 2.5, "lora_data_directory": "imgs",
     "lora_trigger_word": "sks", "network_blocks": ["IN01", "OUT03"], "train_iterations": 7,
-    "image_size": [768, 512], "train_batch_size": 3, "train_learning_rate": 0.002, "train_optimizer": "AdamW",
+    "image_size": [768, 512], "train_batch_size": 3, "train_learning_rate": 0.002, "train_optimizer": "Prodigy",
     "train_lr_scheduler": "cosine_with_restarts", "save_lora_name": "x", "use_gradient_checkpointing": True,
     "network_conv_rank": 2, "network_conv_alpha": 1.0, "network_element": "CrossAttention",
     "train_lr_step_rules": "1:10,0.1", "train_lr_scheduler_num_cycles": 3, "train_lr_scheduler_power": 2.0,
@@ -24,6 +24,13 @@ CHANGED = {
     "save_precision": "fp32", "train_seed": 42, "train_snr_gamma": 0.0, "diff_save_1st_pass": True,
     "diff_1st_pass_only": True, "diff_load_1st_pass": "copy.safetensors", "use_2nd_pass_settings": True,
     "logging_verbose": True, "logging_save_csv": True, "2nd pass": {"network_rank": 2},
+    "network_strength": 0.5, "network_resume": "previous.safetensors",
+    "image_num_multiply": 3, "image_disable_upscale": True, "image_alpha_mask": False, "latent_cache_dir": "cache",
+    "diff_alt_ratio": -0.5, "diff_revert_original_target": True, "diff_use_diff_mask": True,
+    "diff_target_name": "_after", "preview_prompts": "a cat;a dog", "preview_every_steps": 50,
+    "preview_sampling_steps": 8,
+    "train_optimizer_settings": "weight_decay=0.1; betas=0.9,0.99", "train_vae_precision": "bf16",
+    "train_loss_function": "smooth_L1", "train_noise_offset": 0.05, "logging_tensorboard": True,
 }
 
 
@@ -42,7 +49,7 @@ def test_every_parameter_round_trips_through_json(tmp_path):
     for key, value in CHANGED.items():
         assert data[key] == value, key
     for name in CHANGED:
-        if name not in ("2nd pass", "train_optimizer"):  # AdamW is the only optimizer so far
+        if name != "2nd pass":
             assert getattr(again, name) != getattr(TrainConfig(), name), f"{name} kept its default"
 
 

@@ -8,6 +8,8 @@ from traintrain.errors import UserError
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.networks.targeting import block_id_of, text_encoder_targets, unet_block_ids, unet_targets
 from traintrain.config import ALL_BLOCK_IDS
+from traintrain.models.families import Family
+from traintrain.models.loading import build_text_encoder, config_template
 
 
 def spec(**kw):
@@ -129,3 +131,77 @@ def test_saved_tensors_round_trip_and_strength():
     small = AdapterNetwork(tiny_components(), spec(rank=2))
     with pytest.raises(UserError, match="same rank"):
         small.load_tensors(tensors)
+
+
+def full_size(family):
+    """The real architecture of a family, on the meta device (no memory), from the bundled configs."""
+    folders = ["text_encoder", "text_encoder_2"] if family is Family.SDXL else ["text_encoder"]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config_template(family, "unet"))
+        encoders = [build_text_encoder(config_template(family, folder)) for folder in folders]
+    return unet, encoders
+
+
+# kohya's "create LoRA for Text Encoder / U-Net: N modules" for the real models.
+@pytest.mark.parametrize("family, unet_count, text_counts, conv_count", [
+    (Family.SD1, 192, [72], 278), (Family.SD2, 192, [138], 278), (Family.SDXL, 722, [72, 192], None),
+])
+def test_full_size_counts_match_kohya(family, unet_count, text_counts, conv_count):
+    unet, encoders = full_size(family)
+    sgm = family is Family.SDXL
+    blocks = list(ALL_BLOCK_IDS) if not sgm else ["BASE"] + list(unet_block_ids(unet))
+    assert len(unet_targets(unet, blocks=blocks, element="Full", with_conv_blocks=False, sgm_names=sgm)) == unet_count
+    assert [len(text_encoder_targets(e, "lora_te")) for e in encoders] == text_counts
+    if conv_count:
+        assert len(unet_targets(unet, blocks=blocks, element="Full", with_conv_blocks=True)) == conv_count
+
+
+def test_sdxl_block_ids_and_kohya_sgm_names():
+    unet, _ = full_size(Family.SDXL)
+    assert unet_block_ids(unet) == tuple([f"IN{i:02d}" for i in range(9)] + ["M00"] + [f"OUT{i:02d}" for i in range(9)])
+    names = {t.lora_name for t in unet_targets(unet, blocks=["IN04", "M00", "OUT02"], element="Full", with_conv_blocks=True, sgm_names=True)}
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in names
+    assert "lora_unet_input_blocks_4_0_in_layers_2" in names and "lora_unet_input_blocks_4_0_skip_connection" in names
+    assert "lora_unet_middle_block_1_transformer_blocks_9_ff_net_2" in names
+    assert "lora_unet_output_blocks_2_2_conv" in names and "lora_unet_output_blocks_2_0_emb_layers_1" in names
+
+
+@pytest.mark.parametrize("network_type", ["lierla", "c3lier"])
+@pytest.mark.parametrize("block, prefix", [("IN04", "lora_unet_input_blocks_4_"), ("M00", "lora_unet_middle_block_"), ("OUT02", "lora_unet_output_blocks_2_")])
+def test_one_sdxl_block_saves_only_that_block(network_type, block, prefix):
+    network = AdapterNetwork(tiny_components(Family.SDXL), spec(network_type=network_type, blocks=[block]))
+    keys = network.tensors_for_save(torch.float32)
+    assert keys and all(key.startswith(prefix) for key in keys)
+
+
+def test_sdxl_rejects_sd1_only_blocks_but_default_selection_means_all():
+    components = tiny_components(Family.SDXL)
+    with pytest.raises(UserError, match=r"IN09 do not exist in this model; choose from BASE, IN00, .*, OUT08$"):
+        AdapterNetwork(components, spec(blocks=["IN09"]))
+    network = AdapterNetwork(components, spec(network_type="c3lier"))
+    assert {m.lora_name.split("_")[1] for m in network.text_encoder_modules} == {"te1", "te2"}
+    assert any("output_blocks_8_" in m.lora_name for m in network.unet_modules)
+
+
+@pytest.mark.parametrize("family", [Family.SD2, Family.SDXL])
+@pytest.mark.parametrize("element, wanted, unwanted", [("CrossAttention", "_attn2_", "_attn1_"), ("SelfAttention", "_attn1_", "_attn2_")])
+def test_elements_select_attention_kind_in_every_family(family, element, wanted, unwanted):
+    network = AdapterNetwork(tiny_components(family), spec(element=element, network_type="c3lier"))
+    names = [m.lora_name for m in network.all_modules]
+    assert names and all(wanted in n and unwanted not in n for n in names)
+    assert not network.text_encoder_modules
+
+
+def test_resume_continues_from_a_file_and_refuses_another_shape(tmp_path):
+    from traintrain.networks.kohya_format import save_lora
+
+    trained = randomize_network(AdapterNetwork(tiny_components(), spec(network_type="c3lier")))
+    path = tmp_path / "previous.safetensors"
+    save_lora(path, trained.tensors_for_save(torch.float32), {})
+    resumed = AdapterNetwork(tiny_components(), spec(network_type="c3lier"))
+    resumed.resume_from(path)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.tensors_for_save(torch.float32).values(), trained.tensors_for_save(torch.float32).values()))
+    with pytest.raises(UserError, match="no 'hada_w1_a' tensor.*same rank, network type"):
+        AdapterNetwork(tiny_components(), spec(network_type="loha")).resume_from(path)
+    with pytest.raises(UserError, match="not found"):
+        resumed.resume_from(tmp_path / "missing.safetensors")

@@ -84,7 +84,7 @@ def test_saved_file_is_kohya_with_metadata(trained):
     assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "4"
     assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_max_train_steps"] == "150"
     assert meta["ss_seed"] == "7" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
-    assert json.loads(meta["ss_tag_frequency"])["ttdemo"] == 8
+    assert json.loads(meta["ss_tag_frequency"])["images"]["ttdemo"] == 8
 
 
 def test_same_seed_same_weights(trained, tmp_path):

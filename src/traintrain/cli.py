@@ -83,6 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", metavar="DIR", help="folder for the demo files (default demo_output)")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: about two minutes on 2 CPU cores)")
     demo.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    buckets = commands.add_parser(
+        "buckets", help="show the bucket plan (frames, where each image goes) without training",
+        description="Dry run of the image buckets: the frames (width x height) and, with --data, the frames of "
+        "every image and the number of training samples. Options default to --config's values, else the defaults.",
+    )
+    buckets.add_argument("--config", metavar="FILE", help="take the image settings from a settings JSON file")
+    buckets.add_argument("--image-size", metavar="H,W", help="training size as height,width (one value = square)")
+    buckets.add_argument("--step", metavar="PX", help="bucket size step (image_buckets_step)")
+    buckets.add_argument("--min-length", metavar="PX", help="shortest bucket side (image_min_length)")
+    buckets.add_argument("--max-ratio", metavar="R", help="largest aspect ratio (image_max_ratio)")
+    buckets.add_argument("--sub-image-num", metavar="N", help="extra smaller frames per image (sub_image_num)")
+    buckets.add_argument("--mirroring", action="store_true", help="count flipped copies (image_mirroring)")
+    buckets.add_argument("--num-multiply", metavar="N", help="repeats of every image (image_num_multiply)")
+    buckets.add_argument("--disable-upscale", action="store_true", help="never enlarge images (image_disable_upscale)")
+    buckets.add_argument("--data", metavar="DIR", help="folder of images to plan (lora_data_directory)")
+    buckets.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    buckets.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    inspect = commands.add_parser("inspect", help="show what a LoRA file is: family, network type, ranks, blocks, metadata")
+    inspect.add_argument("file", metavar="FILE", help="a .safetensors LoRA / LoCon / LoHa / LoKr file")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON (every module's rank and alpha)")
+    inspect.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     # more subcommands: each adds its parser here and its handler to COMMANDS
     return parser
 
@@ -147,7 +168,36 @@ def _command_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _command_train, "tiny-model": _command_tiny, "demo": _command_demo}
+def _command_buckets(args) -> int:
+    import json
+
+    from traintrain.cli_progress import ProgressPrinter
+    from traintrain.data.plan_report import dry_run, plan_json, plan_lines
+
+    options = {
+        "image_size": args.image_size, "image_buckets_step": args.step, "image_min_length": args.min_length,
+        "image_max_ratio": args.max_ratio, "sub_image_num": args.sub_image_num, "image_num_multiply": args.num_multiply,
+        "lora_data_directory": args.data, "image_mirroring": args.mirroring or None,
+        "image_disable_upscale": args.disable_upscale or None,
+    }
+    config = TrainConfig.load_json(Path(args.config)) if args.config else TrainConfig()
+    config = config.with_values(**{key: value for key, value in options.items() if value is not None})
+    with ProgressPrinter(stream=sys.stderr) as printer:  # warnings about skipped images go to stderr
+        plan, assignment = dry_run(config, printer)
+    print(json.dumps(plan_json(plan, assignment), ensure_ascii=False) if args.json else "\n".join(plan_lines(plan, assignment)))
+    return 0
+
+
+def _command_inspect(args) -> int:
+    from traintrain.networks.inspect import format_summary, inspect_lora, summary_json
+
+    summary = inspect_lora(Path(args.file))
+    print(summary_json(summary) if args.json else format_summary(summary))
+    return 0
+
+
+COMMANDS = {"train": _command_train, "tiny-model": _command_tiny, "demo": _command_demo, "buckets": _command_buckets,
+            "inspect": _command_inspect}
 
 
 def quiet_libraries() -> None:

@@ -34,11 +34,15 @@ class Mode(Choice):
     LORA = "LoRA"
     ILECO = "iLECO"
     DIFFERENCE = "Difference"
+    ADDIFT = "ADDifT"
+    MULTI_ADDIFT = "Multi-ADDifT"
 
 
 class NetworkType(Choice):
     LIERLA = "lierla"
     C3LIER = "c3lier"
+    LOHA = "loha"
+    LOKR = "lokr"
 
 
 class NetworkElement(Choice):
@@ -49,6 +53,24 @@ class NetworkElement(Choice):
 
 class Optimizer(Choice):
     ADAMW = "AdamW"
+    ADAMW8BIT = "AdamW8bit"
+    ADAM8BIT = "Adam8bit"
+    LION = "Lion"
+    LION8BIT = "Lion8bit"
+    PAGED_ADAMW8BIT = "PagedAdamW8bit"
+    SGD_NESTEROV = "SGDNesterov"
+    SGD_NESTEROV8BIT = "SGDNesterov8bit"
+    ADAFACTOR = "AdaFactor"
+    PRODIGY = "Prodigy"
+    DADAPT_ADAM = "DAdaptAdam"
+    DADAPT_LION = "DAdaptLion"
+    DADAPT_ADAGRAD = "DAdaptAdaGrad"
+    DADAPT_ADAN = "DAdaptAdan"
+    DADAPT_SGD = "DAdaptSGD"
+    ADAMW_SCHEDULE_FREE = "AdamWScheduleFree"
+    RADAM_SCHEDULE_FREE = "RAdamScheduleFree"
+    SGD_SCHEDULE_FREE = "SGDScheduleFree"
+    CAME = "CAME"
 
 
 class LRScheduler(Choice):
@@ -59,6 +81,13 @@ class LRScheduler(Choice):
     CONSTANT = "constant"
     CONSTANT_WITH_WARMUP = "constant_with_warmup"
     PIECEWISE_CONSTANT = "piecewise_constant"
+    STEP = "step"
+
+
+class LossFunction(Choice):
+    MSE = "MSE"
+    L1 = "L1"
+    SMOOTH_L1 = "smooth_L1"
 
 
 class Precision(Choice):
@@ -93,7 +122,7 @@ class TrainConfig:
     original_image: str = _param("", "Difference: the original image")
     target_image: str = _param("", "Difference: the target image (same size as the original)")
     # --- mandatory parameters (seed table 1) ---
-    network_type: NetworkType = _param(NetworkType.LIERLA, "lierla (LoRA) or c3lier (LoCon)")
+    network_type: NetworkType = _param(NetworkType.LIERLA, "lierla (LoRA), c3lier (LoCon), loha or lokr (LyCORIS)")
     network_rank: int = _param(16, "LoRA rank (dim)", minimum=1, maximum=1024)
     network_alpha: float = _param(8.0, "LoRA alpha: the update is scaled by alpha / rank", minimum=0.0)
     lora_data_directory: str = _param("", "LoRA: folder of training images (subfolders included)")
@@ -113,10 +142,12 @@ class TrainConfig:
     save_lora_name: str = _param("", "file name of the saved LoRA (empty = untitled)")
     use_gradient_checkpointing: bool = _param(False, "trade speed for less memory")
     # --- optional parameters (seed table 2) ---
-    network_conv_rank: int = _param(0, "c3lier: rank of k x k convs (0 = network_rank)", minimum=0)
-    network_conv_alpha: float = _param(0.0, "c3lier: alpha of k x k convs (0 = network_alpha)", minimum=0.0)
+    network_conv_rank: int = _param(0, "c3lier/loha/lokr: rank of k x k convs (0 = network_rank)", minimum=0)
+    network_conv_alpha: float = _param(0.0, "c3lier/loha/lokr: alpha of k x k convs (0 = network_alpha)", minimum=0.0)
     network_element: NetworkElement = _param(NetworkElement.FULL, "Full, CrossAttention (attn2) or SelfAttention (attn1)")
-    train_lr_step_rules: str = _param("", "piecewise_constant rules, e.g. 1:100,0.1:200,0.01")
+    train_lr_step_rules: str = _param(
+        "", "step: N or N:GAMMA (lr x GAMMA every N steps, GAMMA 0.1 if omitted); piecewise_constant: 1:100,0.1:200,0.01"
+    )
     train_lr_scheduler_num_cycles: int = _param(1, "cycles of cosine_with_restarts", minimum=1)
     train_lr_scheduler_power: float = _param(1.0, "power of the polynomial schedule", minimum=0.0)
     train_lr_warmup_steps: int = _param(0, "steps of linear warm-up", minimum=0)
@@ -144,9 +175,33 @@ class TrainConfig:
     logging_verbose: bool = _param(False, "print a log line per step")
     logging_save_csv: bool = _param(False, "write step, loss and lr to a CSV log")
     # --- images and captions (beyond the seed's table) ---
+    image_num_multiply: int = _param(1, "repeat every image's samples this many times per epoch", minimum=1)
+    image_disable_upscale: bool = _param(
+        False, "never enlarge images: an image only goes to frames it covers (none left = skipped)"
+    )
+    image_alpha_mask: bool = _param(True, "use a transparent image's alpha as loss weight (transparent = not learned)")
+    latent_cache_dir: str = _param("", "folder for cached VAE latents reused by later runs (empty = in memory only)")
     # --- networks and model families ---
+    network_strength: float = _param(1.0, "multiply the saved update by this (sqrt on two factors)", minimum=0.0)
+    network_resume: str = _param("", "continue training from this LoRA file (same model, type, rank, blocks)")
     # --- training options: optimizers, precision, noise, logging ---
+    train_optimizer_settings: str = _param(
+        "", "extra optimizer arguments, key=value per line or ';'-separated, e.g. weight_decay=0.01; betas=0.9,0.99"
+    )
+    train_vae_precision: Precision = _param(Precision.FP32, "precision of the VAE that encodes the images (fp16 can overflow)")
+    train_loss_function: LossFunction = _param(LossFunction.MSE, "loss between prediction and target: MSE, L1 or smooth_L1")
+    train_noise_offset: float = _param(
+        0.0, "add offset x per-channel noise so very dark or bright images can be learned (0 = off)", minimum=0.0, maximum=1.0
+    )
+    logging_tensorboard: bool = _param(False, "also write TensorBoard events to {output}/logs/tensorboard/{name}")
     # --- modes: iLECO, Difference, ADDifT, previews ---
+    diff_alt_ratio: float = _param(1.0, "ADDifT: strength of the swapped (reverse) step; negative = pure noise there")
+    diff_revert_original_target: bool = _param(False, "Difference/ADDifT: swap the original and target images")
+    diff_use_diff_mask: bool = _param(False, "ADDifT: weight the loss by where the two images differ")
+    diff_target_name: str = _param("_target", "Multi-ADDifT: suffix of the target image of X.png (X_target.png)")
+    preview_prompts: str = _param("", "prompts for preview images, separated by ';' or new lines")
+    preview_every_steps: int = _param(0, "also render previews every N steps (0 = only at the end)", minimum=0)
+    preview_sampling_steps: int = _param(20, "sampling steps of preview images", minimum=1, maximum=150)
     second_pass: dict = _param(None, "Difference: parameters that differ in pass 2", factory=dict)
 
     def __post_init__(self):

@@ -95,7 +95,7 @@ def run_demo(out: Path, steps: int | None = None, report: Reporter = ignore) -> 
 def render_before_after(model: Path, lora: Path, images, target: Path, report: Reporter) -> None:
     """Rows: one per shape. Columns: training image, target (through the VAE), before, after."""
     from traintrain.fileio import atomic_path
-    from traintrain.rendering import build_pipeline, generate
+    from traintrain.rendering import build_pipeline, generate, labelled_grid
 
     pipe = build_pipeline(model)
     prompts = [caption for _, caption in images[::2]]
@@ -105,7 +105,7 @@ def render_before_after(model: Path, lora: Path, images, target: Path, report: R
     before = generate(pipe, prompts, SIZE, seed=1)
     pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="demo")
     after = generate(pipe, prompts, SIZE, seed=1)
-    grid = _grid([sources, targets, before, after], ["image", "target", "before", "after"])
+    grid = labelled_grid([sources, targets, before, after], ["image", "target", "before", "after"])
     with atomic_path(target) as tmp:
         grid.save(tmp, format="PNG")
 
@@ -116,15 +116,3 @@ def _through_vae(vae, image: Image.Image) -> Image.Image:
     decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample[0]
     array = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).round().byte().numpy()
     return Image.fromarray(array)
-
-
-def _grid(columns: list[list[Image.Image]], titles: list[str]) -> Image.Image:
-    cell, header = SIZE, 18
-    rows = len(columns[0])
-    grid = Image.new("RGB", (cell * len(columns), header + cell * rows), "white")
-    draw = ImageDraw.Draw(grid)
-    for col, (title, images) in enumerate(zip(titles, columns)):
-        draw.text((col * cell + 4, 3), title, fill="black")
-        for row, image in enumerate(images):
-            grid.paste(image.resize((cell, cell)), (col * cell, header + row * cell))
-    return grid

@@ -5,22 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image, ImageDraw
 
 from traintrain.models.families import NOISE_SCHEDULE, Family
 
 
-def build_pipeline(model: Path, *, tokenizer_dir: str | None = None):
-    """A diffusers pipeline on our offline-loaded components (SD1/SD2)."""
-    from traintrain.models.loading import load_model
-
-    components = load_model(str(model), tokenizer_dir=tokenizer_dir)
-    if components.family == Family.SDXL:
-        raise NotImplementedError("SDXL previews arrive with the SDXL networks work")
+def pipeline_from_components(components):
+    """A diffusers pipeline sharing our loaded modules (adapters hooked into them stay active)."""
     scheduler = DDIMScheduler(
         **NOISE_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
         prediction_type="v_prediction" if components.v_prediction else "epsilon",
     )
+    if components.family == Family.SDXL:
+        return StableDiffusionXLPipeline(
+            vae=components.vae, text_encoder=components.text_encoders[0], text_encoder_2=components.text_encoders[1],
+            tokenizer=components.tokenizers[0], tokenizer_2=components.tokenizers[1], unet=components.unet,
+            scheduler=scheduler,
+        )
     return StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoders[0], tokenizer=components.tokenizers[0],
         unet=components.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -28,15 +30,39 @@ def build_pipeline(model: Path, *, tokenizer_dir: str | None = None):
     )
 
 
-def generate(pipe, prompts: list[str], size: int, *, seed: int, steps: int = 20, guidance: float = 3.0,
-             negative_prompt: str = ""):
-    """One image per prompt, each from the same seed, so pictures compare across LoRA settings."""
+def build_pipeline(model: Path, *, tokenizer_dir: str | None = None):
+    """A pipeline on a model loaded offline from a file or folder."""
+    from traintrain.models.loading import load_model
+
+    return pipeline_from_components(load_model(str(model), tokenizer_dir=tokenizer_dir))
+
+
+def generate(pipe, prompts: list[str], size, *, seed: int, steps: int = 20, guidance: float = 3.0,
+             negative_prompt: str = "") -> list[Image.Image]:
+    """One image per prompt, each from the same seed, so pictures compare across LoRA settings.
+
+    `size` is one number (square) or (height, width).
+    """
+    height, width = (size, size) if isinstance(size, int) else size
     images = []
     for prompt in prompts:
         generator = torch.Generator().manual_seed(seed)
         result = pipe(
-            prompt, negative_prompt=negative_prompt or None, height=size, width=size, num_inference_steps=steps,
+            prompt, negative_prompt=negative_prompt or None, height=height, width=width, num_inference_steps=steps,
             guidance_scale=guidance, generator=generator,
         )
         images.append(result.images[0])
     return images
+
+
+def labelled_grid(columns: list[list[Image.Image]], titles: list[str], header: int = 18) -> Image.Image:
+    """Columns of equally sized images under a title row."""
+    cell_w, cell_h = columns[0][0].size
+    rows = len(columns[0])
+    grid = Image.new("RGB", (cell_w * len(columns), header + cell_h * rows), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, (title, images) in enumerate(zip(titles, columns)):
+        draw.text((col * cell_w + 4, 3), title, fill="black")
+        for row, image in enumerate(images):
+            grid.paste(image.resize((cell_w, cell_h)), (col * cell_w, header + row * cell_h))
+    return grid

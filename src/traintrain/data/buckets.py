@@ -131,13 +131,32 @@ def assign_frames(
     return _nearest(img_w, img_h, frames)[:1] + _nearest(img_w, img_h, sub_frames)[: max(sub_image_num, 0)]
 
 
+def covers(image_size: tuple[int, int], frame: Frame) -> bool:
+    """Whether the image fills the frame without being enlarged (image_disable_upscale)."""
+    return image_size[0] >= frame[0] and image_size[1] >= frame[1]
+
+
 @dataclass(frozen=True)
 class BucketAssignment:
-    """Where every image goes; counts include mirrored copies."""
+    """Where every image goes; counts include mirrored copies and repeats.
+
+    An image with an empty frame list is not trained on (smaller than all its frames while
+    image_disable_upscale is on).
+    """
 
     frames_by_image: dict[str, list[Frame]]
     samples_by_frame: dict[Frame, int]
     total_samples: int
+    sizes_by_image: dict[str, tuple[int, int]]
+    copies: int  # samples per image and frame: 2 with mirroring, times the repeats
+
+    @property
+    def used_images(self) -> list[str]:
+        return [name for name, frames in self.frames_by_image.items() if frames]
+
+    @property
+    def unused_images(self) -> list[str]:
+        return [name for name, frames in self.frames_by_image.items() if not frames]
 
 
 @dataclass(frozen=True)
@@ -154,15 +173,24 @@ class BucketPlan:
             sub_frames(size_hw, step, min_length, max_ratio),
         )
 
-    def plan(self, image_sizes: Mapping[str, tuple[int, int]], sub_image_num: int, mirroring: bool) -> BucketAssignment:
-        """Assign each image (name -> (width, height)) its frames and count the training samples."""
-        copies = 2 if mirroring else 1
-        frames_by_image = {
-            name: assign_frames(w, h, self.frames, self.sub_frames, sub_image_num)
-            for name, (w, h) in image_sizes.items()
-        }
+    def plan(self, image_sizes: Mapping[str, tuple[int, int]], sub_image_num: int, mirroring: bool,
+             repeats: int = 1, disable_upscale: bool = False) -> BucketAssignment:
+        """Assign each image (name -> (width, height)) its frames and count the training samples.
+
+        With `disable_upscale` an image keeps only the frames it covers, as the original does: it
+        is not moved to another frame, so a small image may end up in no frame at all.
+        """
+        copies = (2 if mirroring else 1) * repeats
+        frames_by_image = {}
+        for name, (w, h) in image_sizes.items():
+            frames = assign_frames(w, h, self.frames, self.sub_frames, sub_image_num)
+            if disable_upscale:
+                frames = [frame for frame in frames if covers((w, h), frame)]
+            frames_by_image[name] = frames
         counts = Counter(frame for frames in frames_by_image.values() for frame in frames)
         samples_by_frame = {
             frame: counts[frame] * copies for frame in self.frames + self.sub_frames if counts[frame]
         }
-        return BucketAssignment(frames_by_image, samples_by_frame, sum(samples_by_frame.values()))
+        return BucketAssignment(
+            frames_by_image, samples_by_frame, sum(samples_by_frame.values()), dict(image_sizes), copies
+        )

@@ -1,7 +1,8 @@
 """LoRA training data: images found, captioned, bucketed, VAE-encoded once, then served in batches.
 
-Latents are cached in memory (the VAE never runs during training); each batch holds samples of
-one frame so they stack into one tensor.
+Latents are computed before training (the VAE never runs during it), kept in memory and, with
+`latent_cache_dir`, also on disk for later runs; each batch holds samples of one frame so they
+stack into one tensor.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from traintrain.data.buckets import BucketAssignment, BucketPlan
 from traintrain.data.captions import compose_caption, read_caption, tag_frequency
 from traintrain.data.images import BadImage, LoadedImage, find_images, load_image
+from traintrain.data.latent_cache import LatentCache, file_digest
 from traintrain.errors import UserError
 from traintrain.training.events import Message, Reporter
 
@@ -64,6 +66,31 @@ def read_images(directory: str, trigger: str, report: Reporter) -> tuple[list[Im
     return records, skipped
 
 
+def bucket_plan(config) -> BucketPlan:
+    return BucketPlan.build(
+        tuple(config.image_size), config.image_buckets_step, config.image_min_length, config.image_max_ratio
+    )
+
+
+def assign_images(config, plan: BucketPlan, records: list[ImageRecord], report: Reporter) -> BucketAssignment:
+    """The frames of every image under the config's settings; images left without one are reported."""
+    sizes = {r.name: r.image.image.size for r in records}
+    assignment = plan.plan(
+        sizes, config.sub_image_num, config.image_mirroring, config.image_num_multiply, config.image_disable_upscale
+    )
+    for name in assignment.unused_images:
+        width, height = sizes[name]
+        report(Message(
+            f"skipped: {name} ({width}x{height}) is smaller than its frames and image_disable_upscale is on",
+            "warning",
+        ))
+    if not assignment.total_samples:
+        raise UserError(
+            "every image is smaller than its frames: turn image_disable_upscale off or lower image_size"
+        )
+    return assignment
+
+
 def image_to_tensor(image) -> torch.Tensor:
     """PIL RGB -> [3, H, W] in [-1, 1], the VAE's input range."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
@@ -71,40 +98,69 @@ def image_to_tensor(image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
-    """`vae.encode(x).latent_dist.sample() * scale` for a [B, 3, H, W] batch in [-1, 1]."""
+def encode_distributions(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's latent mean and std (float32, CPU) for a [B, 3, H, W] batch in [-1, 1]."""
     param = next(vae.parameters())
     dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
-    noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean.device)
-    latent = dist.mean.float() + dist.std.float() * noise
-    return (latent * scale).cpu()
+    return dist.mean.float().cpu(), dist.std.float().cpu()
 
 
-def build_training_data(config, vae, latent_scale: float, generator: torch.Generator, report: Reporter,
-                        use_alpha_mask: bool = True) -> TrainingData:
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """`latent_dist.sample() * scale`, drawn from our generator so runs repeat from a seed."""
+    noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+    return (mean + std * noise) * scale
+
+
+def encode_latents(vae, pixels: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """`vae.encode(x).latent_dist.sample() * scale` for a [B, 3, H, W] batch in [-1, 1]."""
+    return sample_latents(*encode_distributions(vae, pixels), scale, generator)
+
+
+def _distributions(vae, variants: list[LoadedImage], cache: LatentCache | None, keys: list[str]):
+    """(mean, std) of each variant, from the cache where it has them, encoding the rest together."""
+    found = [cache.load(key) for key in keys] if cache else [None] * len(variants)
+    missing = [i for i, entry in enumerate(found) if entry is None]
+    if missing:
+        means, stds = encode_distributions(vae, torch.stack([image_to_tensor(variants[i].image) for i in missing]))
+        for i, mean, std in zip(missing, means, stds):
+            found[i] = (mean, std)
+            if cache:
+                cache.store(keys[i], mean, std)
+    return found
+
+
+def build_training_data(config, vae, latent_scale: float, generator: torch.Generator, report: Reporter) -> TrainingData:
+    """Every sample of the plan, encoded before training so the loop never waits on the VAE.
+
+    Each (image, frame, mirrored) latent is drawn from the generator even when its distribution
+    comes from the cache, so a cached run trains exactly like an uncached one with the same seed.
+    """
     records, skipped = read_images(config.lora_data_directory, config.lora_trigger_word, report)
-    plan = BucketPlan.build(
-        tuple(config.image_size), config.image_buckets_step, config.image_min_length, config.image_max_ratio
-    )
-    sizes = {r.name: r.image.image.size for r in records}
-    assignment = plan.plan(sizes, config.sub_image_num, config.image_mirroring)
+    plan = bucket_plan(config)
+    assignment = assign_images(config, plan, records, report)
+    cache = LatentCache.for_vae(config.latent_cache_dir, vae) if config.latent_cache_dir else None
     samples = []
     for record in records:
-        for frame in assignment.frames_by_image[record.name]:
+        frames = assignment.frames_by_image[record.name]
+        digest = file_digest(record.path) if cache and frames else ""
+        for frame in frames:
             fitted = record.image.fit(*frame)
             variants = [fitted, fitted.mirrored()] if config.image_mirroring else [fitted]
-            pixels = torch.stack([image_to_tensor(v.image) for v in variants])
-            latents = encode_latents(vae, pixels, latent_scale, generator)
-            for variant, latent in zip(variants, latents):
-                mask = _latent_mask(variant.mask, latent.shape[-2:]) if use_alpha_mask else None
+            keys = [cache.key(digest, frame, mirrored=index == 1) for index in range(len(variants))] if cache else []
+            for variant, (mean, std) in zip(variants, _distributions(vae, variants, cache, keys)):
+                latent = sample_latents(mean, std, latent_scale, generator)
+                mask = _latent_mask(variant.mask, latent.shape[-2:]) if config.image_alpha_mask else None
                 samples.append(Sample(latent, record.caption, frame, mask))
-    return TrainingData(samples, assignment, plan, tag_frequency(r.caption for r in records), skipped)
+    if cache:
+        report(Message(f"latent cache {cache.folder}: {cache.hits} reused, {cache.misses} encoded"))
+    used = [r.caption for r in records if assignment.frames_by_image[r.name]]
+    return TrainingData(samples * config.image_num_multiply, assignment, plan, tag_frequency(used), skipped)
 
 
 def _latent_mask(mask, latent_hw) -> torch.Tensor | None:
     if mask is None:
         return None
-    tensor = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    tensor = torch.tensor(np.asarray(mask, dtype=np.float32))[None, None]
     return F.interpolate(tensor, size=tuple(latent_hw), mode="area")[0]
 
 

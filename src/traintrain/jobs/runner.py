@@ -11,7 +11,11 @@ import torch
 from traintrain.config import Mode, TrainConfig
 from traintrain.data.images import find_images
 from traintrain.errors import UserError
+from traintrain.modes.pairs import find_pairs
+from traintrain.modes.previews import preview_prompts, render_previews
 from traintrain.training.events import Message, Reporter, ignore
+from traintrain.training.preflight import check_training_options
+from traintrain.training.run_logs import RunLogs
 from traintrain.training.runtime import choose_seed, freeze_model, noise_scheduler, pick_device, resolve_dtype
 from traintrain.training.saving import LoraWriter, OutputPlan, check_save_name
 
@@ -42,24 +46,54 @@ def check_inputs(config: TrainConfig) -> None:
     """Mode inputs that must exist before a model is loaded."""
     if not config.model:
         raise UserError("no model given: pass --model PATH (a .safetensors/.ckpt file or a diffusers folder)")
-    if config.mode == Mode.LORA:
+    if config.mode in (Mode.LORA, Mode.MULTI_ADDIFT):
         if not config.lora_data_directory:
-            raise UserError("LoRA mode needs images: pass --data DIR (or set lora_data_directory)")
+            raise UserError(f"{config.mode.value} mode needs images: pass --data DIR (or set lora_data_directory)")
         if not Path(config.lora_data_directory).is_dir():
             raise UserError(f"image folder {config.lora_data_directory} does not exist: pass an existing --data DIR")
         find_images(config.lora_data_directory)  # an empty folder fails now, not after loading the model
-    else:
-        raise UserError(f"mode {config.mode.value} is not available in this version; use mode LoRA")
+    if config.mode == Mode.MULTI_ADDIFT:
+        find_pairs(config.lora_data_directory, config.diff_target_name)
+    if config.mode == Mode.ILECO and not config.original_prompt.strip():
+        raise UserError("iLECO needs original_prompt (the concept to change); target_prompt empty = erase it")
+    if config.mode in (Mode.DIFFERENCE, Mode.ADDIFT):
+        for name in ("original_image", "target_image"):
+            value = getattr(config, name)
+            if not value or not Path(value).is_file():
+                raise UserError(f"{config.mode.value} needs {name}: '{value}' is not an image file")
+    if config.network_resume and not Path(config.network_resume).is_file():
+        raise UserError(f"network_resume: '{config.network_resume}' not found; give the LoRA file to continue from")
+    if config.mode == Mode.DIFFERENCE and config.diff_load_1st_pass and not Path(config.diff_load_1st_pass).is_file():
+        raise UserError(f"diff_load_1st_pass: '{config.diff_load_1st_pass}' not found; give the copier LoRA file")
+
+
+def output_suffixes(config: TrainConfig) -> tuple[str, ...]:
+    """Final files this job will write, so an existing one stops it before training."""
+    if config.mode == Mode.DIFFERENCE and config.diff_save_1st_pass and not config.diff_1st_pass_only:
+        return ("", "_copy")
+    return ("",)
+
+
+def mode_trainer(mode: Mode):
+    from traintrain.modes.addift import train_addift, train_multi_addift
+    from traintrain.modes.difference import train_difference
+    from traintrain.modes.ileco import train_ileco
+    from traintrain.modes.lora import train_lora
+
+    return {
+        Mode.LORA: train_lora, Mode.ILECO: train_ileco, Mode.DIFFERENCE: train_difference,
+        Mode.ADDIFT: train_addift, Mode.MULTI_ADDIFT: train_multi_addift,
+    }[mode]
 
 
 def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer_dir: str | None = None,
             report: Reporter = ignore) -> JobResult:
     from traintrain.models.loading import load_model
-    from traintrain.modes.lora import train_lora
 
     check_inputs(config)
+    check_training_options(config)
     plan = OutputPlan(Path(output_dir), check_save_name(config.output_name))
-    plan.check_free(config.save_overwrite)
+    plan.check_free(config.save_overwrite, output_suffixes(config))
     plan.check_writable()
 
     components = load_model(
@@ -68,13 +102,17 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     device = pick_device()
     model_dtype = resolve_dtype(config.train_model_precision, device, "train_model_precision", report)
     lora_dtype = resolve_dtype(config.train_lora_precision, device, "train_lora_precision", report)
-    freeze_model(components, device, model_dtype, config.use_gradient_checkpointing)
+    vae_dtype = resolve_dtype(config.train_vae_precision, device, "train_vae_precision", report)
+    freeze_model(components, device, model_dtype, config.use_gradient_checkpointing, vae_dtype)
 
     seed = choose_seed(config.train_seed)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    report = RunLogs(config, Path(output_dir), seed, report)  # CSV, TensorBoard and JSON records of the run
     report(Message(f"model {components.family.value} from {config.model}; seed {seed}; device {device.type}"))
     writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, time.time())
     run = RunContext(device, model_dtype, lora_dtype, seed, generator, noise_scheduler(components.v_prediction), writer, report)
-    outcome = train_lora(config, components, run)
+    outcome = mode_trainer(config.mode)(config, components, run)
+    if preview_prompts(config):
+        outcome["preview"] = render_previews(config, components, outcome, run)
     return JobResult(outcome["path"], outcome["losses"], seed, outcome)

@@ -23,7 +23,7 @@ class Conditioning:
 
 def chunk_token_ids(tokenizer, text: str) -> list[list[int]]:
     """Token ids of `text` in 77-long chunks: BOS, up to 75 tokens, EOS, padding."""
-    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     pieces = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]

@@ -26,10 +26,18 @@ def unet_predict(components, noisy: torch.Tensor, timesteps: torch.Tensor, condi
     ).sample
 
 
+def training_noise(shape, generator, offset: float) -> torch.Tensor:
+    """Gaussian noise plus, with an offset, one shift per sample and channel: lets a LoRA learn overall brightness."""
+    noise = torch.randn(shape, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+    return noise
+
+
 def denoising_step_loss(components, scheduler, latents, conditioning, config, generator, mask=None) -> torch.Tensor:
     """LoRA loss: t ~ U[min_t, max_t), x_t = add_noise(x0, eps, t), target eps (or v), min-SNR weighted."""
     batch = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator)
+    noise = training_noise(latents.shape, generator, config.train_noise_offset)
     timesteps = torch.randint(
         config.train_min_timesteps, config.train_max_timesteps, (batch,), generator=generator
     )
@@ -43,5 +51,5 @@ def denoising_step_loss(components, scheduler, latents, conditioning, config, ge
     return denoising_loss(
         prediction, target.to(device), timesteps.to(device), scheduler.alphas_cumprod,
         snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction,
-        mask=None if mask is None else mask.to(device),
+        mask=None if mask is None else mask.to(device), loss_function=config.train_loss_function,
     )

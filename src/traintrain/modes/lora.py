@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from traintrain.data.dataset import BucketBatches, build_training_data
+from traintrain.data.plan_report import plan_lines
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.modes.denoising import denoising_step_loss
-from traintrain.networks.network import AdapterNetwork, NetworkSpec
+from traintrain.modes.common import build_network, parameter_groups
+from traintrain.networks.network import NetworkSpec
 from traintrain.training.events import Message
 from traintrain.training.loop import TrainingTask, run_loop
-
-
-def describe_plan(data) -> list[str]:
-    """The bucket plan as lines, printed before training starts."""
-    frames = ", ".join(f"{w}x{h}" for w, h in data.plan.frames)
-    lines = [f"frames: {frames}"]
-    if data.plan.sub_frames:
-        lines.append("sub frames: " + ", ".join(f"{w}x{h}" for w, h in data.plan.sub_frames))
-    counts = ", ".join(f"{w}x{h}: {n}" for (w, h), n in data.assignment.samples_by_frame.items())
-    lines.append(f"{data.assignment.total_samples} training samples ({counts})")
-    return lines
 
 
 class TextCache:
@@ -50,13 +43,14 @@ class TextCache:
 def train_lora(config, components, run) -> dict:
     """Cache latents (and caption embeddings), then train the adapter for exactly train_iterations steps."""
     data = build_training_data(config, components.vae, components.spec.latent_scale, run.generator, run.report)
-    for line in describe_plan(data):
+    for line in plan_lines(data.plan, data.assignment, per_image=config.logging_verbose):
         run.report(Message(line))
-    run.writer.tag_frequency = data.tag_frequency
-    run.writer.num_images = len(data.assignment.frames_by_image)
+    # kohya's layout, {dataset folder: {tag: count}}, which A1111's metadata panel reads
+    run.writer.tag_frequency = {Path(config.lora_data_directory).name: data.tag_frequency}
+    run.writer.num_images = len(data.assignment.used_images) * config.image_num_multiply
 
     spec = NetworkSpec.from_config(config)
-    network = AdapterNetwork(components, spec, run.lora_dtype).to(run.device).apply()
+    network = build_network(components, spec, run, resume=config.network_resume)
     text_cache = None if spec.trains_text_encoder else TextCache(components, [s.caption for s in data.samples])
     batches = BucketBatches(data.samples, config.train_batch_size, run.seed)
     scheduler = run.noise_scheduler
@@ -72,18 +66,10 @@ def train_lora(config, components, run) -> dict:
         )
         return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask)
 
-    groups = [{"params": network.unet_parameters(), "lr": config.train_learning_rate}]
-    if network.text_encoder_parameters():
-        groups.append({
-            "params": network.text_encoder_parameters(),
-            "lr": config.train_textencoder_learning_rate or config.train_learning_rate,
-        })
-    groups = [g for g in groups if g["params"]]
     task = TrainingTask(
-        "LoRA", groups, compute_loss, config.train_iterations, config.save_per_steps,
+        "LoRA", parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
         lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
     )
     result = run_loop(task, config, run.report)
     path = run.writer.save(network, steps=config.train_iterations)
-    network.remove()
     return {"path": path, "losses": result.losses, "network": network, "data": data}

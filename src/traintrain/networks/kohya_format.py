@@ -14,7 +14,8 @@ from traintrain import __version__
 from traintrain.errors import UserError
 from traintrain.fileio import atomic_path
 
-NETWORK_MODULES = {"lierla": "networks.lora", "c3lier": "networks.lora"}
+# kohya's ss_network_module: LoRA/LoCon load as networks.lora, LyCORIS algorithms as lycoris.kohya.
+NETWORK_MODULES = {"lierla": "networks.lora", "c3lier": "networks.lora", "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
 
 
 def save_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -9,8 +9,17 @@ import torch
 from torch import nn
 
 from traintrain.errors import UserError
+from traintrain.models.families import Family
+from traintrain.networks.base import AdapterModule
+from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.lierla import LoRAModule
-from traintrain.networks.targeting import check_blocks, text_encoder_targets, unet_targets
+from traintrain.networks.loha import LoHaModule
+from traintrain.networks.lokr import LoKrModule
+from traintrain.networks.targeting import resolve_blocks, text_encoder_targets, unet_targets
+
+# network_type -> module class; every type but lierla also adapts the ResNet and sampler convs.
+MODULE_CLASSES = {"lierla": LoRAModule, "c3lier": LoRAModule, "loha": LoHaModule, "lokr": LoKrModule}
+LYCORIS_ALGOS = {"c3lier": "locon", "loha": "loha", "lokr": "lokr"}
 
 
 @dataclass(frozen=True)
@@ -42,15 +51,19 @@ class NetworkSpec:
         return "BASE" in self.blocks and self.element == "Full"
 
     @property
+    def with_conv_blocks(self) -> bool:
+        return self.network_type != "lierla"
+
+    @property
     def network_args(self) -> dict[str, str]:
-        """kohya's ss_network_args: only what differs from a plain LoRA."""
-        if self.network_type == "c3lier":
-            return {
-                "conv_dim": str(self.conv_rank or self.rank),
-                "conv_alpha": str(self.conv_alpha or self.alpha),
-                "algo": "locon",
-            }
-        return {}
+        """kohya's ss_network_args: only what differs from a plain LoRA (LyCORIS's algo and conv sizes)."""
+        if not self.with_conv_blocks:
+            return {}
+        return {
+            "conv_dim": str(self.conv_rank or self.rank),
+            "conv_alpha": str(self.conv_alpha or self.alpha),
+            "algo": LYCORIS_ALGOS[self.network_type],
+        }
 
 
 class AdapterNetwork(nn.Module):
@@ -59,10 +72,9 @@ class AdapterNetwork(nn.Module):
     def __init__(self, components, spec: NetworkSpec, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.spec = spec
-        check_blocks(spec.blocks, components.unet)
         unet = unet_targets(
-            components.unet, blocks=spec.blocks, element=spec.element,
-            with_conv_blocks=spec.network_type == "c3lier",
+            components.unet, blocks=resolve_blocks(spec.blocks, components.unet), element=spec.element,
+            with_conv_blocks=spec.with_conv_blocks, sgm_names=components.family == Family.SDXL,
         )
         text = []
         if spec.trains_text_encoder:
@@ -76,15 +88,15 @@ class AdapterNetwork(nn.Module):
         self.text_encoder_modules = nn.ModuleList(self._module_for(t, dtype) for t in text)
         self._applied = False
 
-    def _module_for(self, target, dtype) -> LoRAModule:
+    def _module_for(self, target, dtype) -> AdapterModule:
         if target.is_kxk_conv:
             rank, alpha = self.spec.conv_rank or self.spec.rank, self.spec.conv_alpha or self.spec.alpha
         else:
             rank, alpha = self.spec.rank, self.spec.alpha
-        return LoRAModule(target.lora_name, target.module, rank, alpha, dtype)
+        return MODULE_CLASSES[self.spec.network_type](target.lora_name, target.module, rank, alpha, dtype)
 
     @property
-    def all_modules(self) -> list[LoRAModule]:
+    def all_modules(self) -> list[AdapterModule]:
         return list(self.unet_modules) + list(self.text_encoder_modules)
 
     def apply(self) -> "AdapterNetwork":
@@ -116,13 +128,13 @@ class AdapterNetwork(nn.Module):
         return [p for m in self.text_encoder_modules for p in m.parameters()]
 
     def tensors_for_save(self, dtype: torch.dtype, strength: float = 1.0) -> dict[str, torch.Tensor]:
-        """kohya-named tensors; `strength` scales both up and down by sqrt(strength)."""
-        factor = math.sqrt(strength) if strength != 1.0 else 1.0
+        """kohya-named tensors; `strength` s multiplies each update by s (sqrt(s) on two factors)."""
+        factor = math.sqrt(strength)
         out = {}
         for module in self.all_modules:
             for suffix, tensor in module.saved_tensors().items():
                 value = tensor.detach().float()
-                if suffix != "alpha":
+                if suffix in module.strength_tensors:
                     value = value * factor
                 out[f"{module.lora_name}.{suffix}"] = value.to(dtype).contiguous().cpu()
         return out
@@ -144,4 +156,9 @@ class AdapterNetwork(nn.Module):
             try:
                 module.load_saved_tensors(own)
             except ValueError as exc:
-                raise UserError(f"{source}: {exc}; use the same rank and model as the file") from None
+                raise UserError(f"{source}: {exc}; use the same rank, network type and model as the file") from None
+
+    def resume_from(self, path) -> None:
+        """Continue training from a saved file (network_resume): same model, type, rank, blocks."""
+        tensors, _ = load_lora(path)
+        self.load_tensors(tensors, source=str(path))

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from traintrain.config import UNET_BLOCK_IDS
 from traintrain.errors import UserError
+from traintrain.networks.sgm_names import sgm_module_paths
 
 # kohya's target containers: lierla trains Linear / 1x1 Conv layers inside these ...
 TRANSFORMER_CLASSES = {"Transformer2DModel"}
@@ -55,14 +57,21 @@ def block_id_of(module_path: str, layers_per_block: int) -> str | None:
     return None
 
 
-def check_blocks(selected: list[str], unet) -> None:
-    """Reject block ids this model family does not have, naming the ones it does."""
+def resolve_blocks(selected: list[str], unet) -> list[str]:
+    """The block ids to train in this UNet; ids it does not have are rejected, naming the ones it has.
+
+    Every SD1/SD2 UNet id selected (the default and the presets) means every block, so the same
+    settings train all of an SDXL UNet, which has fewer blocks.
+    """
     valid = ("BASE",) + unet_block_ids(unet)
+    if set(UNET_BLOCK_IDS) <= set(selected):
+        return [b for b in valid if b != "BASE" or "BASE" in selected]
     unknown = [b for b in selected if b not in valid]
     if unknown:
         raise UserError(
             f"network_blocks: {', '.join(unknown)} do not exist in this model; choose from {', '.join(valid)}"
         )
+    return list(selected)
 
 
 def _element_allows(path: str, element: str) -> bool:
@@ -83,13 +92,13 @@ def _trainable_children(container: nn.Module, include_kxk: bool):
                 yield name, child, is_kxk
 
 
-def unet_targets(unet, *, blocks: list[str], element: str, with_conv_blocks: bool) -> list[Target]:
-    """UNet layers to adapt, in module order, named the way kohya names SD1/SD2 UNet keys."""
+def unet_targets(unet, *, blocks: list[str], element: str, with_conv_blocks: bool, sgm_names: bool = False) -> list[Target]:
+    """UNet layers to adapt, in module order, named as kohya does: diffusers paths (SD1/SD2) or SGM (SDXL)."""
     per_level = unet.config.layers_per_block
     if isinstance(per_level, (list, tuple)):
         per_level = per_level[0]
     containers = TRANSFORMER_CLASSES | (CONV_BLOCK_CLASSES if with_conv_blocks else set())
-    targets, seen = [], set()
+    found = {}  # module path -> (layer, block id, is k x k conv)
     for path, container in unet.named_modules():
         if type(container).__name__ not in containers:
             continue
@@ -99,11 +108,10 @@ def unet_targets(unet, *, blocks: list[str], element: str, with_conv_blocks: boo
         include_kxk = type(container).__name__ in CONV_BLOCK_CLASSES
         for child_name, child, is_kxk in _trainable_children(container, include_kxk):
             full = f"{path}.{child_name}" if child_name else path
-            if full in seen or not _element_allows(full, element):
-                continue
-            seen.add(full)
-            targets.append(Target("lora_unet_" + full.replace(".", "_"), child, block, is_kxk))
-    return targets
+            if full not in found and _element_allows(full, element):
+                found[full] = (child, block, is_kxk)
+    names = sgm_module_paths(list(found), unet.config) if sgm_names else {path: path for path in found}
+    return [Target("lora_unet_" + names[path].replace(".", "_"), *found[path]) for path in found]
 
 
 def text_encoder_targets(text_encoder, prefix: str) -> list[Target]:

@@ -1,9 +1,13 @@
-"""Denoising loss: per-sample MSE, weighted by min-SNR (epsilon and v-prediction forms)."""
+"""Denoising loss: per-sample MSE, L1 or smooth L1, weighted by min-SNR (epsilon and v-prediction forms)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from traintrain.config import LossFunction
+
+ELEMENTWISE = {LossFunction.MSE: F.mse_loss, LossFunction.L1: F.l1_loss, LossFunction.SMOOTH_L1: F.smooth_l1_loss}
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -20,9 +24,9 @@ def min_snr_weights(alphas_cumprod, timesteps, gamma: float, v_prediction: bool)
 
 
 def denoising_loss(prediction, target, timesteps, alphas_cumprod, *, snr_gamma: float, v_prediction: bool,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the batch of per-sample MSE, optionally masked and SNR-weighted."""
-    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+                   mask: torch.Tensor | None = None, loss_function: LossFunction = LossFunction.MSE) -> torch.Tensor:
+    """Mean over the batch of the per-sample loss, optionally masked and SNR-weighted."""
+    error = ELEMENTWISE[loss_function](prediction.float(), target.float(), reduction="none")
     if mask is not None:
         error = error * mask
     per_sample = error.mean(dim=list(range(1, error.ndim)))

@@ -36,15 +36,18 @@ def noise_scheduler(v_prediction: bool) -> DDPMScheduler:
     return DDPMScheduler(**NOISE_SCHEDULE, prediction_type="v_prediction" if v_prediction else "epsilon")
 
 
-def freeze_model(components, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool) -> None:
-    """Frozen base weights in the model precision; only the adapter trains."""
+def freeze_model(components, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool,
+                 vae_dtype: torch.dtype | None = None) -> None:
+    """Frozen base weights in the model precision (the VAE in its own: fp16 VAEs can overflow)."""
     for part in [components.unet, components.vae, *components.text_encoders]:
         part.requires_grad_(False)
         part.eval()
-        part.to(device, dtype)
+        part.to(device, vae_dtype if part is components.vae and vae_dtype is not None else dtype)
     if gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         components.unet.train()  # diffusers only checkpoints in training mode
         for encoder in components.text_encoders:
-            encoder.gradient_checkpointing_enable()
+            # transformers 5 renamed it; the old name still works there but warns
+            enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+            enable()
             encoder.train()

@@ -67,7 +67,7 @@ class LoraWriter:
 
     def save(self, network, *, suffix: str = "", steps: int, extra: dict | None = None) -> Path:
         target = self.plan.path(suffix)
-        tensors = network.tensors_for_save(DTYPES[self.config.save_precision])
+        tensors = network.tensors_for_save(DTYPES[self.config.save_precision], self.config.network_strength)
         metadata = build_metadata(
             config=self.config, spec=network.spec, family_spec=self.family_spec, v_prediction=self.v_prediction,
             seed=self.seed, started_at=self.started_at, steps=steps, tag_frequency=self.tag_frequency,

@@ -1,0 +1,109 @@
+"""ADDifT and Multi-ADDifT: learn the difference of image pairs directly, without a copier.
+
+Both images of a pair get the same noise and timestep. The frozen model's prediction on one
+noisy image is the target for the adapted model (at a fractional multiplier) on the other; every
+other step the roles swap with a negative multiplier, so the adapter learns the direction of the
+change and not the pictures. Timesteps sweep the tenths of [min, max] so every noise level is
+covered evenly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from traintrain.data.dataset import BucketBatches
+from traintrain.modes.common import build_network, fixed_conditionings, parameter_groups, prompt_only_spec, stack_conditionings
+from traintrain.modes.denoising import unet_predict
+from traintrain.modes.pairs import encode_pair, find_pairs, load_pair, pair_caption
+from traintrain.training.events import Message
+from traintrain.training.loop import TrainingTask, run_loop
+from traintrain.training.loss import denoising_loss
+
+FORWARD_MULTIPLIER = 0.25
+
+
+def sweep_range(step: int, low: int, high: int) -> tuple[int, int]:
+    """The tenth of [low, high) that step pair k uses: both steps of a pair share it."""
+    tenth = ((step - 1) // 2) % 10
+    span = (high - low) / 10
+    start = int(low + span * tenth)
+    end = max(start + 1, int(low + span * (tenth + 1)))
+    return min(start, 999), min(end, 1000)
+
+
+def addift_loss_fn(components, network, config, run, samples, conds):
+    """`conds[i]` is (original-side, target-side) conditioning of sample i."""
+    batches = BucketBatches(samples, config.train_batch_size, run.seed)
+    index_of = {id(s): i for i, s in enumerate(samples)}
+    scheduler = run.noise_scheduler
+
+    def compute_loss(step: int) -> torch.Tensor:
+        chosen = batches.next()
+        forward = step % 2 == 1
+        original = torch.stack([s.original for s in chosen])
+        target = torch.stack([s.target for s in chosen])
+        noise = torch.randn(original.shape, generator=run.generator)
+        low, high = sweep_range(step, config.train_min_timesteps, config.train_max_timesteps)
+        timesteps = torch.randint(low, high, (len(chosen),), generator=run.generator)
+        if config.diff_alt_ratio < 0 and not forward:
+            original = target = noise
+        reference_latent, adapted_latent = (original, target) if forward else (target, original)
+        reference_cond = stack_conditionings([conds[index_of[id(s)]][0] for s in chosen])
+        adapted_cond = stack_conditionings([conds[index_of[id(s)]][1] for s in chosen])
+        with torch.no_grad():
+            network.set_enabled(False)
+            reference = unet_predict(components, scheduler.add_noise(reference_latent, noise, timesteps), timesteps, reference_cond)
+            network.set_enabled(True)
+        network.set_multiplier(FORWARD_MULTIPLIER if forward else -FORWARD_MULTIPLIER * abs(config.diff_alt_ratio))
+        prediction = unet_predict(components, scheduler.add_noise(adapted_latent, noise, timesteps), timesteps, adapted_cond)
+        network.set_multiplier(1.0)
+        mask = None
+        if config.diff_use_diff_mask and chosen[0].mask is not None:
+            mask = torch.stack([s.mask for s in chosen]).to(prediction.device)
+        return denoising_loss(
+            prediction, reference, timesteps.to(prediction.device), scheduler.alphas_cumprod,
+            snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction, mask=mask,
+        )
+
+    return compute_loss
+
+
+def _train(phase: str, config, components, run, samples, conds) -> dict:
+    network = build_network(components, prompt_only_spec(config), run, resume=config.network_resume)
+    compute_loss = addift_loss_fn(components, network, config, run, samples, conds)
+    task = TrainingTask(
+        phase, parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
+        lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
+    )
+    result = run_loop(task, config, run.report)
+    path = run.writer.save(network, steps=config.train_iterations)
+    return {"path": path, "losses": result.losses, "network": network, "samples": samples}
+
+
+def train_addift(config, components, run) -> dict:
+    """One pair: Original and Target images, conditioned on the Original and Target prompts."""
+    original, target = config.original_image, config.target_image
+    if config.diff_revert_original_target:
+        original, target = target, original
+    first, second = load_pair(original, target)
+    samples = encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second, "",
+                          config.diff_use_diff_mask)
+    pair_conds = tuple(fixed_conditionings(components, [config.original_prompt, config.target_prompt]))
+    return _train("ADDifT", config, components, run, samples, [pair_conds] * len(samples))
+
+
+def train_multi_addift(config, components, run) -> dict:
+    """Many pairs from a folder, each conditioned on its own caption (trigger word first)."""
+    samples = []
+    for original, target in find_pairs(config.lora_data_directory, config.diff_target_name):
+        if config.diff_revert_original_target:
+            original, target = target, original
+        first, second = load_pair(original, target)
+        caption = pair_caption(original if not config.diff_revert_original_target else target, config.lora_trigger_word)
+        samples += encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second,
+                               caption, config.diff_use_diff_mask)
+    run.report(Message(f"Multi-ADDifT: {len(samples)} pair samples from {config.lora_data_directory}"))
+    captions = sorted({s.caption for s in samples})
+    encoded = dict(zip(captions, fixed_conditionings(components, captions)))
+    conds = [(encoded[s.caption], encoded[s.caption]) for s in samples]
+    return _train("Multi-ADDifT", config, components, run, samples, conds)

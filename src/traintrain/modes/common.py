@@ -1,0 +1,54 @@
+"""Pieces the modes share: building the trained network, its parameter groups, fixed conditioning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from traintrain.models.encoding import Conditioning, encode_prompts
+from traintrain.networks.network import AdapterNetwork, NetworkSpec
+
+
+def prompt_only_spec(config) -> NetworkSpec:
+    """iLECO and Difference never train the text encoder (the seed: BASE is not used there)."""
+    spec = NetworkSpec.from_config(config)
+    return dataclasses.replace(spec, blocks=[b for b in spec.blocks if b != "BASE"])
+
+
+def build_network(components, spec: NetworkSpec, run, resume: str = "") -> AdapterNetwork:
+    """The adapter, hooked in; `resume` (network_resume) continues from a saved file of the same shape."""
+    network = AdapterNetwork(components, spec, run.lora_dtype)
+    if resume:
+        network.resume_from(resume)
+    return network.to(run.device).apply()
+
+
+def parameter_groups(network: AdapterNetwork, config) -> list[dict]:
+    """UNet at the main lr; text encoder at its own lr (0 = main lr)."""
+    groups = [{"params": network.unet_parameters(), "lr": config.train_learning_rate}]
+    if network.text_encoder_parameters():
+        groups.append({
+            "params": network.text_encoder_parameters(),
+            "lr": config.train_textencoder_learning_rate or config.train_learning_rate,
+        })
+    return [g for g in groups if g["params"]]
+
+
+@torch.no_grad()
+def fixed_conditionings(components, prompts: list[str]) -> list[Conditioning]:
+    """Encode prompts once, padded to a common length so they can be batched together."""
+    joint = encode_prompts(components, prompts)
+    return [
+        Conditioning(joint.hidden[i : i + 1].float().cpu(), None if joint.pooled is None else joint.pooled[i : i + 1].float().cpu())
+        for i in range(len(prompts))
+    ]
+
+
+def repeat_conditioning(cond: Conditioning, batch: int) -> Conditioning:
+    return Conditioning(cond.hidden.expand(batch, -1, -1), None if cond.pooled is None else cond.pooled.expand(batch, -1))
+
+
+def stack_conditionings(conds: list[Conditioning]) -> Conditioning:
+    pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])
+    return Conditioning(torch.cat([c.hidden for c in conds]), pooled)

@@ -1,0 +1,78 @@
+"""Difference (copy machine): a copier LoRA learns the Original image; frozen and still applied,
+it carries a second LoRA that learns the Target image. The second LoRA alone is the result: it
+holds only what differs between the two images.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from traintrain.modes.common import build_network, fixed_conditionings, parameter_groups, prompt_only_spec, repeat_conditioning
+from traintrain.modes.denoising import denoising_step_loss
+from traintrain.modes.pairs import encode_pair, load_pair
+from traintrain.networks.kohya_format import load_lora
+from traintrain.training.events import Message
+from traintrain.training.loop import TrainingTask, run_loop
+
+
+def image_loss_fn(components, config, run, latents: list[torch.Tensor], cond):
+    """Denoising loss on one image (and its mirror): a batch of train_batch_size draws of it."""
+    picker = random.Random(run.seed)
+    batch_cond = repeat_conditioning(cond, config.train_batch_size)
+
+    def compute_loss(step: int) -> torch.Tensor:
+        batch = torch.stack([picker.choice(latents) for _ in range(config.train_batch_size)])
+        return denoising_step_loss(components, run.noise_scheduler, batch, batch_cond, config, run.generator)
+
+    return compute_loss
+
+
+def prepare_pair(config, components, run):
+    original, target = config.original_image, config.target_image
+    if config.diff_revert_original_target:
+        original, target = target, original
+    first, second = load_pair(original, target)
+    samples = encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second, "", False)
+    (cond,) = fixed_conditionings(components, [config.original_prompt])
+    run.report(Message(f"Difference: images fitted to {samples[0].frame[0]}x{samples[0].frame[1]}"))
+    return samples, cond
+
+
+def train_copier(config, components, run, samples, cond):
+    """Pass 1, or the copier loaded from diff_load_1st_pass (the original silently trained from zero)."""
+    copier = build_network(components, prompt_only_spec(config), run)
+    if config.diff_load_1st_pass:
+        tensors, _ = load_lora(config.diff_load_1st_pass)
+        copier.load_tensors(tensors, source=config.diff_load_1st_pass)
+        run.report(Message(f"copier loaded from {config.diff_load_1st_pass}"))
+        return copier, []
+    compute_loss = image_loss_fn(components, config, run, [s.original for s in samples], cond)
+    task = TrainingTask("copier", parameter_groups(copier, config), compute_loss, config.train_iterations)
+    result = run_loop(task, config, run.report)
+    if config.diff_save_1st_pass and not config.diff_1st_pass_only:
+        run.writer.save(copier, suffix="_copy", steps=config.train_iterations)
+    return copier, result.losses
+
+
+def train_difference(config, components, run) -> dict:
+    samples, cond = prepare_pair(config, components, run)
+    copier, copier_losses = train_copier(config, components, run, samples, cond)
+    if config.diff_1st_pass_only:
+        path = run.writer.save(copier, steps=config.train_iterations)
+        return {"path": path, "losses": copier_losses, "network": copier, "copier": copier}
+    copier.requires_grad_(False)  # frozen, but stays applied at multiplier 1 under the difference LoRA
+
+    second = config.for_second_pass()
+    difference = build_network(components, prompt_only_spec(second), run, resume=second.network_resume)
+    compute_loss = image_loss_fn(components, second, run, [s.target for s in samples], cond)
+    task = TrainingTask(
+        "difference", parameter_groups(difference, second), compute_loss, second.train_iterations,
+        second.save_per_steps, lambda step: run.writer.save(difference, suffix=f"_{step}steps", steps=step),
+    )
+    result = run_loop(task, second, run.report)
+    run.writer.config = second
+    path = run.writer.save(difference, steps=second.train_iterations)
+    return {"path": path, "losses": result.losses, "network": difference, "copier": copier,
+            "copier_losses": copier_losses, "samples": samples, "conditioning": cond}

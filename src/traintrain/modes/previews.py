@@ -1,0 +1,62 @@
+"""Preview images after training: each prompt at LoRA multipliers -1, 0 and +1, one PNG grid.
+
+Rendered by a stock diffusers pipeline on the training model with the adapter hooked in, so the
+pictures show what users will see at those strengths. Difference's copier is switched off: the
+saved file is the difference LoRA alone.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from traintrain.config import Mode
+from traintrain.fileio import atomic_path
+from traintrain.rendering import generate, labelled_grid, pipeline_from_components
+from traintrain.training.events import Message
+
+MULTIPLIERS = (-1.0, 0.0, 1.0)
+
+
+def preview_prompts(config) -> list[str]:
+    """The user's preview prompts; for iLECO by default its Original and Target prompts."""
+    prompts = [p.strip() for p in re.split(r"[;\n]", config.preview_prompts) if p.strip()]
+    if prompts:
+        return prompts
+    if config.mode == Mode.ILECO:
+        return [p for p in (config.original_prompt, config.target_prompt) if p.strip()]
+    return []
+
+
+@torch.no_grad()
+def render_previews(config, components, outcome, run, suffix: str = "") -> Path:
+    network, copier = outcome["network"], outcome.get("copier")
+    prompts = preview_prompts(config)
+    target = run.writer.plan.directory / f"{run.writer.plan.name}{suffix}_preview.png"
+    run.report(Message(f"rendering previews for {len(prompts)} prompt(s) at multipliers -1, 0, +1"))
+    was_training = components.unet.training
+    components.unet.eval()
+    if copier is not None:
+        copier.set_enabled(False)
+    try:
+        pipe = pipeline_from_components(components)
+        pipe.set_progress_bar_config(disable=True)
+        columns = []
+        for multiplier in MULTIPLIERS:
+            network.set_multiplier(multiplier)
+            columns.append(generate(
+                pipe, prompts, tuple(config.image_size), seed=run.seed, steps=config.preview_sampling_steps,
+                negative_prompt=config.negative_prompt,
+            ))
+    finally:
+        network.set_multiplier(1.0)
+        if copier is not None:
+            copier.set_enabled(True)
+        components.unet.train(was_training)
+    grid = labelled_grid(columns, [f"LoRA x{m:+g}" for m in MULTIPLIERS])
+    with atomic_path(target) as tmp:
+        grid.save(tmp, format="PNG")
+    run.report(Message(f"previews: {target}"))
+    return target

@@ -1,0 +1,179 @@
+"""`traintrain inspect`: what a LoRA file is, read from its keys and shapes first, metadata second.
+
+Files from other trainers often carry no or stale metadata, so family, network type, ranks and
+blocks come from the tensors; the metadata is shown as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from traintrain.config import ALL_BLOCK_IDS
+from traintrain.errors import UserError
+from traintrain.networks.kohya_format import NETWORK_MODULES, load_lora
+from traintrain.networks.targeting import block_id_of
+
+FAMILY_BY_VERSION = {"sd_v1": "sd1", "sd_v2": "sd2"}
+FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
+FAMILY_BY_CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+LAYERS_PER_BLOCK = 2  # every SD1/SD2/SDXL UNet
+BLOCK_ORDER = {block: index for index, block in enumerate(ALL_BLOCK_IDS)}
+SGM_BLOCK = re.compile(r"lora_unet_(?:input_blocks_(\d+)|middle_block|output_blocks_(\d+))")
+DIFFUSERS_BLOCK = re.compile(r"lora_unet_(?:(down|up)_blocks_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)|mid_block)")
+
+
+@dataclass
+class ModuleInfo:
+    rank: int | None  # None: LoKr with both factors full
+    alpha: float | None
+
+
+@dataclass
+class LoraSummary:
+    file: str
+    family: str
+    network_type: str
+    network_module: str
+    unet_modules: int
+    text_encoder_modules: int
+    blocks: list[str]
+    modules: dict[str, ModuleInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def module_count(self) -> int:
+        return len(self.modules)
+
+    def rank_alpha_groups(self) -> list[tuple[tuple, int]]:
+        """(rank, alpha) pairs with how many modules use each, most common first."""
+        return Counter((m.rank, m.alpha) for m in self.modules.values()).most_common()
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["module_count"] = self.module_count
+        return data
+
+
+def inspect_lora(path) -> LoraSummary:
+    tensors, metadata = load_lora(Path(path))
+    stems = {}
+    for key, tensor in tensors.items():
+        stem, _, suffix = key.partition(".")
+        if stem.startswith("lora_"):
+            stems.setdefault(stem, {})[suffix] = tensor
+    if not stems:
+        raise UserError(f"{path}: no LoRA modules in it (no lora_unet_/lora_te keys); is it a model rather than a LoRA?")
+    network_type = _network_type(stems)
+    modules = {stem: _module_info(parts) for stem, parts in sorted(stems.items())}
+    blocks = sorted({b for b in map(block_of, stems) if b}, key=BLOCK_ORDER.get)
+    text = sum(1 for stem in stems if stem.startswith("lora_te"))
+    return LoraSummary(
+        file=str(path), family=_family(stems, metadata), network_type=network_type,
+        network_module=metadata.get("ss_network_module", NETWORK_MODULES[network_type]),
+        unet_modules=len(stems) - text, text_encoder_modules=text, blocks=blocks, modules=modules, metadata=metadata,
+    )
+
+
+def block_of(stem: str) -> str | None:
+    """A1111 block id of a kohya module name, in SGM (SDXL) or diffusers (SD1/SD2) naming."""
+    if stem.startswith("lora_te"):
+        return "BASE"
+    match = SGM_BLOCK.match(stem)
+    if match:
+        if match[1] is not None:
+            return f"IN{int(match[1]):02d}"
+        return "M00" if match[2] is None else f"OUT{int(match[2]):02d}"
+    match = DIFFUSERS_BLOCK.match(stem)
+    if match:
+        path = "mid_block" if match[1] is None else f"{match[1]}_blocks.{match[2]}.{match[3]}.{match[4]}"
+        return block_id_of(path, LAYERS_PER_BLOCK)
+    return None
+
+
+def _network_type(stems: dict) -> str:
+    suffixes = {suffix for parts in stems.values() for suffix in parts}
+    if any(s.startswith("hada_") for s in suffixes):
+        return "loha"
+    if any(s.startswith("lokr_") for s in suffixes):
+        return "lokr"
+    if "lora_down.weight" not in suffixes:
+        raise UserError(f"unknown adapter tensors ({', '.join(sorted(suffixes)[:4])}); inspect reads LoRA, LoCon, LoHa and LoKr files")
+    kxk = any(parts["lora_down.weight"].ndim == 4 and parts["lora_down.weight"].shape[-1] > 1 for parts in stems.values())
+    return "c3lier" if kxk else "lierla"
+
+
+def _module_info(parts: dict) -> ModuleInfo:
+    if "lora_down.weight" in parts:
+        rank = parts["lora_down.weight"].shape[0]
+    elif "hada_w1_b" in parts:
+        rank = parts["hada_w1_b"].shape[0]
+    elif "lokr_w2_a" in parts:
+        rank = parts["lokr_w2_a"].shape[1]
+    elif "lokr_w1_a" in parts:
+        rank = parts["lokr_w1_a"].shape[1]
+    else:
+        rank = None
+    alpha = float(parts["alpha"]) if "alpha" in parts else rank
+    return ModuleInfo(rank, alpha)
+
+
+def _family(stems: dict, metadata: dict) -> str:
+    version = metadata.get("ss_base_model_version", "")
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version in FAMILY_BY_VERSION:
+        return FAMILY_BY_VERSION[version]
+    if any(s.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks")) for s in stems):
+        return "sdxl"
+    for stem, parts in stems.items():
+        width = _input_width(parts)
+        if stem.startswith("lora_te_") and "q_proj" in stem and width in FAMILY_BY_TEXT_WIDTH:
+            return FAMILY_BY_TEXT_WIDTH[width]
+        if stem.endswith("attn2_to_k") and width in FAMILY_BY_CROSS_WIDTH:
+            return FAMILY_BY_CROSS_WIDTH[width]
+    return "unknown"
+
+
+def _input_width(parts: dict) -> int | None:
+    for suffix in ("lora_down.weight", "hada_w1_b"):
+        if suffix in parts:
+            return parts[suffix].shape[1]
+    return None
+
+
+def format_summary(summary: LoraSummary, value_width: int = 100) -> str:
+    """The summary as lines for a terminal; long metadata values are cut at `value_width`."""
+    groups = summary.rank_alpha_groups()
+    lines = [
+        f"file: {summary.file}",
+        f"family: {summary.family}",
+        f"network: {summary.network_type} ({summary.network_module})",
+        f"modules: {summary.module_count} (UNet {summary.unet_modules}, text encoder {summary.text_encoder_modules})",
+    ]
+    if len(groups) == 1:
+        lines.append(f"rank/alpha: {_rank_alpha(groups[0][0])}")
+    else:
+        lines.append("rank/alpha: " + ", ".join(f"{_rank_alpha(pair)} ({count} modules)" for pair, count in groups))
+        common = groups[0][0]
+        lines += [f"  {name}: {_rank_alpha((m.rank, m.alpha))}" for name, m in summary.modules.items() if (m.rank, m.alpha) != common]
+    lines.append("blocks: " + ", ".join(summary.blocks))
+    lines.append("metadata:" if summary.metadata else "metadata: none")
+    for key in sorted(summary.metadata):
+        value = summary.metadata[key].replace("\n", " ")
+        lines.append(f"  {key}: {value[:value_width]}{'...' if len(value) > value_width else ''}")
+    return "\n".join(lines)
+
+
+def _rank_alpha(pair) -> str:
+    rank, alpha = pair
+    if rank is None:
+        return "full (no rank)"
+    return f"{rank}/{alpha:g}"
+
+
+def summary_json(summary: LoraSummary) -> str:
+    return json.dumps(summary.to_json(), indent=2, ensure_ascii=False)
