@@ -31,6 +31,7 @@ CHANGED = {
     "preview_sampling_steps": 8,
     "train_optimizer_settings": "weight_decay=0.1; betas=0.9,0.99", "train_vae_precision": "bf16",
     "train_loss_function": "smooth_L1", "train_noise_offset": 0.05, "logging_tensorboard": True,
+    "train_nan_policy": "skip", "train_nan_skip_limit": 3,
 }
 
 

@@ -121,3 +121,10 @@ def test_ileco_runs_on_other_families(tmp_path, family):
     tensors, meta = load_lora(result.path)
     assert len(result.losses) == 3 and tensors
     assert meta["ss_base_model_version"] == {"sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[family]
+
+
+def test_periodic_previews(model, tmp_path):
+    config = ileco_config(model, "a blue square", train_iterations=4, preview_every_steps=2, preview_sampling_steps=1,
+                          save_lora_name="periodic")
+    run_job(config, output_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["periodic_2steps_preview.png", "periodic_preview.png"]

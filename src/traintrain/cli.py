@@ -1,15 +1,21 @@
 """The command line face: parse, build a validated TrainConfig, run the core, render its events.
 
-Bad input prints one line naming the problem and the fix and exits with code 2 (no traceback
-unless --debug).
+Exit codes: 0 done; 2 bad input (one line naming the problem and the fix, no traceback unless
+--debug); 3 training diverged (a non-finite loss or gradient; the last good save is kept); 130
+stopped by Ctrl-C / SIGTERM (the first saves `{name}_{step}steps` and a state to --resume from, the
+second aborts at once without saving).
 """
 
 from __future__ import annotations
 
 import argparse
 import enum
+import errno
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,6 +23,8 @@ from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -64,25 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     source = train.add_mutually_exclusive_group()
     source.add_argument("--preset", metavar="NAME", help="start from a shipped preset (LoRA, iLECO, Difference, Difference_Use2ndPass)")
     source.add_argument("--config", metavar="FILE", help="start from a settings JSON file")
+    source.add_argument(
+        "--resume", metavar="STATE",
+        help="continue a stopped run from its {name}_{step}steps.state (settings, seed and position come from it; "
+        "--model, --output-dir and --tokenizer may point elsewhere)",
+    )
     train.add_argument("--mode", help="LoRA, iLECO or Difference (case-insensitive)")
     train.add_argument("--model", metavar="PATH", help="base model: .safetensors/.ckpt file or diffusers folder")
     train.add_argument("--data", metavar="DIR", help="LoRA mode: folder of images (same as lora_data_directory)")
-    train.add_argument("--output-dir", metavar="DIR", default="output", help="where the LoRA is saved (default: ./output)")
+    train.add_argument("--output-dir", metavar="DIR", help="where the LoRA is saved (default: ./output; with --resume: the run's folder)")
     train.add_argument("--tokenizer", metavar="DIR", help="folder with the tokenizer (vocab.json, merges.txt) for single-file models")
     train.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="set a parameter (repeatable); see the list below")
-    train.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    train.add_argument(
+        "--nan-policy", choices=["stop", "skip"],
+        help="a non-finite loss or gradient: stop (default, exit code 3, the last save kept) or skip the step "
+        "(train_nan_policy, at most train_nan_skip_limit times)",
+    )
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight model to check a set-up in seconds")
     tiny.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1", help="model family (default sd1)")
     tiny.add_argument("--format", choices=["single-file", "diffusers"], default="single-file", help="file layout (default single-file)")
     tiny.add_argument("--out", required=True, metavar="PATH", help="output .safetensors file or folder")
     tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights")
-    tiny.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    tiny.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
     demo = commands.add_parser("demo", help="train a LoRA on a tiny model and show before/after images")
     demo.add_argument("--out", default="demo_output", metavar="DIR", help="folder for the demo files (default demo_output)")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: about two minutes on 2 CPU cores)")
-    demo.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     buckets = commands.add_parser(
         "buckets", help="show the bucket plan (frames, where each image goes) without training",
         description="Dry run of the image buckets: the frames (width x height) and, with --data, the frames of "
@@ -99,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     buckets.add_argument("--disable-upscale", action="store_true", help="never enlarge images (image_disable_upscale)")
     buckets.add_argument("--data", metavar="DIR", help="folder of images to plan (lora_data_directory)")
     buckets.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    buckets.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    buckets.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     inspect = commands.add_parser("inspect", help="show what a LoRA file is: family, network type, ranks, blocks, metadata")
     inspect.add_argument("file", metavar="FILE", help="a .safetensors LoRA / LoCon / LoHa / LoKr file")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON (every module's rank and alpha)")
-    inspect.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    inspect.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     # more subcommands: each adds its parser here and its handler to COMMANDS
     return parser
 
@@ -134,18 +152,63 @@ def config_from_args(args) -> TrainConfig:
         values["model"] = args.model
     if args.data:
         values["lora_data_directory"] = args.data
+    if args.nan_policy:
+        values["train_nan_policy"] = args.nan_policy
     return config.with_values(**values)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event):
+    """The first Ctrl-C or SIGTERM asks the run to save and stop after its current step; the second
+    aborts at once without saving (KeyboardInterrupt)."""
+
+    def handle(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        sys.stderr.write("\ntraintrain: stopping after this step to save it; press Ctrl-C again to abort without saving\n")
+
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _command_train(args) -> int:
     from traintrain.cli_progress import ProgressPrinter
-    from traintrain.jobs.runner import run_job
+    from traintrain.jobs.runner import resume_job, run_job
+    from traintrain.training.loop import NonFiniteLoss, TrainingStopped
 
-    config = config_from_args(args)
-    if config.model and not Path(config.model).exists():
-        raise UserError(f"model not found: {config.model} (give a .safetensors/.ckpt file or a diffusers folder)")
-    with ProgressPrinter(verbose=config.logging_verbose) as printer:
-        result = run_job(config, output_dir=Path(args.output_dir), tokenizer_dir=args.tokenizer, report=printer)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if args.resume:
+        given = [option for option, value in (("--mode", args.mode), ("--data", args.data), ("--set", args.set),
+                                              ("--nan-policy", args.nan_policy)) if value]
+        if given:
+            raise UserError(f"--resume takes the settings from the state; drop {', '.join(given)}")
+        if args.model and not Path(args.model).exists():
+            raise UserError(f"model not found: {args.model} (give a .safetensors/.ckpt file or a diffusers folder)")
+    else:
+        config = config_from_args(args)
+        if config.model and not Path(config.model).exists():
+            raise UserError(f"model not found: {config.model} (give a .safetensors/.ckpt file or a diffusers folder)")
+    stop = threading.Event()
+    try:
+        with stop_on_signals(stop), ProgressPrinter() as printer:
+            if args.resume:
+                result = resume_job(Path(args.resume), output_dir=output_dir, tokenizer_dir=args.tokenizer,
+                                    model=args.model, report=printer, stop=stop)
+            else:
+                printer.verbose = config.logging_verbose
+                result = run_job(config, output_dir=output_dir or Path("output"), tokenizer_dir=args.tokenizer,
+                                 report=printer, stop=stop)
+    except TrainingStopped as exc:
+        print(f"traintrain: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NonFiniteLoss as exc:
+        print(f"traintrain: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     print(f"saved {result.path} (seed {result.seed})")
     return 0
 
@@ -201,8 +264,11 @@ COMMANDS = {"train": _command_train, "tiny-model": _command_tiny, "demo": _comma
 
 
 def quiet_libraries() -> None:
-    """Library chatter (deprecations, dtype notes) would bury our own messages."""
+    """Library chatter (deprecations, dtype notes, optional-kernel notes) would bury our own messages."""
+    import logging
     import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # imported by diffusers; warns about CPU kernels
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -210,6 +276,17 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# OS errors caused by the user's disks and folders, not by our code: one line, like bad input.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENAMETOOLONG}
+
+
+def _one_line_error(args, message: str) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"traintrain: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,13 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"traintrain: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _one_line_error(args, str(exc))
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise  # anything else is a bug: its traceback is the report
+        return _one_line_error(args, f"{exc.strerror}: {exc.filename or 'a file'} "
+                                     "(free disk space or fix the permissions; --debug shows where)")
     except KeyboardInterrupt:
-        print("traintrain: interrupted", file=sys.stderr)
-        return 130
+        print("traintrain: aborted; nothing saved since the last save", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

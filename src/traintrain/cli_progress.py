@@ -10,9 +10,9 @@ from traintrain.training.events import Message, Progress, Saved
 
 
 class ProgressPrinter:
-    def __init__(self, verbose: bool = False, stream=sys.stderr):
+    def __init__(self, verbose: bool = False, stream=None):
         self.verbose = verbose
-        self.stream = stream
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.bar = None
         self.phase = None
 

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ class LossFunction(Choice):
     MSE = "MSE"
     L1 = "L1"
     SMOOTH_L1 = "smooth_L1"
+
+
+class NanPolicy(Choice):
+    STOP = "stop"
+    SKIP = "skip"
 
 
 class Precision(Choice):
@@ -194,6 +200,10 @@ class TrainConfig:
         0.0, "add offset x per-channel noise so very dark or bright images can be learned (0 = off)", minimum=0.0, maximum=1.0
     )
     logging_tensorboard: bool = _param(False, "also write TensorBoard events to {output}/logs/tensorboard/{name}")
+    train_nan_policy: NanPolicy = _param(
+        NanPolicy.STOP, "a non-finite loss or gradient: stop (keeping the last save) or skip the step"
+    )
+    train_nan_skip_limit: int = _param(10, "with train_nan_policy=skip: stop after this many skipped steps", minimum=0)
     # --- modes: iLECO, Difference, ADDifT, previews ---
     diff_alt_ratio: float = _param(1.0, "ADDifT: strength of the swapped (reverse) step; negative = pure noise there")
     diff_revert_original_target: bool = _param(False, "Difference/ADDifT: swap the original and target images")
@@ -261,17 +271,20 @@ class TrainConfig:
     @classmethod
     def from_json_dict(cls, data: dict, *, source: str = "settings") -> "TrainConfig":
         if not isinstance(data, dict):
-            raise UserError(f"{source}: expected a JSON object of parameters, got {type(data).__name__}")
+            raise UserError(f"{source}: expected a JSON object of parameters, got {_json_type(data)}")
         values = _normalise_keys(data, source)
         second = values.pop("second_pass", None)
         if second is not None:
             if not isinstance(second, dict):
-                raise UserError(f"{source}: '2nd pass' must be an object of parameters")
+                raise UserError(f"{source}: '2nd pass' must be an object of parameters, got {_json_type(second)}")
             second = _normalise_keys(second, f"{source} '2nd pass'")
             second.pop("second_pass", None)
             # Only keep what really differs from pass 1; the rest is inherited.
             values["second_pass"] = second
-        config = cls(**{k: _coerce(_field_named(k), v) for k, v in values.items()})
+        try:
+            config = cls(**{k: _coerce(_field_named(k), v) for k, v in values.items()})
+        except UserError as error:
+            raise UserError(f"{source}: {error}") from None
         if config.second_pass:
             base = config.to_json_dict()
             config.second_pass = {
@@ -290,12 +303,16 @@ class TrainConfig:
     @classmethod
     def load_json(cls, path: Path) -> "TrainConfig":
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"settings file {path} is a folder; give a .json file")
         if not path.is_file():
             raise UserError(f"settings file not found: {path} (give an existing .json file)")
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid JSON ({exc}); fix the file or use a shipped preset")
+            raise UserError(f"{path}: not valid JSON ({exc}); fix the file or use a shipped preset") from None
+        except OSError as exc:
+            raise UserError(f"settings file {path} cannot be read ({exc.strerror}); check its permissions") from None
         return cls.from_json_dict(data, source=str(path))
 
 
@@ -351,12 +368,14 @@ def _coerce(f, value: Any):
     if kind == "str":
         if value is None:
             return ""
-        if not isinstance(value, (str, int, float)):
-            raise UserError(f"{name}: expected text, got {type(value).__name__}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise UserError(f"{name}: expected text, got {_json_type(value)}")
         return str(value)
     if kind == "bool":
         if isinstance(value, bool):
             return value
+        if not isinstance(value, (str, int)):
+            raise UserError(f"{name}: expected true or false, got {_json_type(value)}")
         text = str(value).strip().lower()
         if text in _TRUE:
             return True
@@ -370,7 +389,9 @@ def _coerce(f, value: Any):
         allowed = meta["choices"]
         result = []
         for item in items:
-            upper = str(item).strip().upper()
+            if not isinstance(item, str):
+                raise UserError(f"{name}: expected names in the list, got {_json_type(item)}")
+            upper = item.strip().upper()
             if allowed and upper not in allowed:
                 raise UserError(f"{name}: '{item}' is not one of: {', '.join(allowed)}")
             if upper not in result:
@@ -382,12 +403,25 @@ def _coerce(f, value: Any):
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise UserError(f"{name}: expected an object of parameters")
+            raise UserError(f"{name}: expected an object of parameters, got {_json_type(value)}")
         return {k: _coerce(_field_named(k), v) for k, v in value.items() if k != "second_pass"}
     enum_cls = globals()[kind]
     if isinstance(value, enum_cls):
         return value
+    if not isinstance(value, str):
+        raise UserError(f"{name}: expected one of {', '.join(m.value for m in enum_cls)}, got {_json_type(value)}")
     return enum_cls.parse(value, name)
+
+
+def _json_type(value) -> str:
+    """A value's type in the words of JSON, which is what users edit."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", tuple: "a list", str: "text", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _number(name, value, cast, meta):
@@ -402,7 +436,9 @@ def _number(name, value, cast, meta):
         except ValueError:
             raise UserError(f"{name}: '{value}' is not a number")
     if not isinstance(value, (int, float)):
-        raise UserError(f"{name}: expected a number, got {type(value).__name__}")
+        raise UserError(f"{name}: expected a number, got {_json_type(value)}")
+    if not math.isfinite(value):
+        raise UserError(f"{name}: expected a finite number, got {value}")
     if cast is int:
         if float(value) != int(value):
             raise UserError(f"{name}: expected a whole number, got {value}")
@@ -422,14 +458,23 @@ def _as_list(name, value) -> list:
         return [part for part in (p.strip() for p in value.split(",")) if part]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise UserError(f"{name}: expected a comma-separated list, got {type(value).__name__}")
+    raise UserError(f"{name}: expected a comma-separated list, got {_json_type(value)}")
+
+
+def _whole(value) -> int:
+    """A pixel count from JSON or text: 512, 512.0 or "512"; anything else is a ValueError."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(value)
+    return int(str(value).strip())
 
 
 def _image_size(name, value) -> list[int]:
     """height,width in pixels; one value means a square; the order the user gave is kept."""
-    items = _as_list(name, value) if not isinstance(value, int) else [value]
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else _as_list(name, value)
     try:
-        sizes = [int(str(v).strip()) for v in items]
+        sizes = [_whole(v) for v in items]
     except ValueError:
         raise UserError(f"{name}: '{value}' is not height,width in pixels (e.g. 768,512 or 512)")
     if len(sizes) == 1:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from traintrain.config import TrainConfig
+from traintrain.fileio import atomic_path, write_text_atomic
 from traintrain.training.events import Message, Reporter, ignore
 
 TRIGGER = "ttdemo"
@@ -57,9 +58,10 @@ def write_demo_images(folder: Path) -> list[tuple[Path, str]]:
     for index, (name, color, kind, background) in enumerate(SHAPES):
         for variant in range(2):
             path = folder / f"{index:02d}_{variant}.png"
-            draw_shape(color, kind, background, offset=variant * 6).save(path)
+            with atomic_path(path) as tmp:
+                draw_shape(color, kind, background, offset=variant * 6).save(tmp, format="PNG")
             caption = f"a {name}"
-            path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+            write_text_atomic(path.with_suffix(".txt"), caption)
             written.append((path, f"{TRIGGER}, {caption}"))
     return written
 
@@ -94,7 +96,6 @@ def run_demo(out: Path, steps: int | None = None, report: Reporter = ignore) -> 
 
 def render_before_after(model: Path, lora: Path, images, target: Path, report: Reporter) -> None:
     """Rows: one per shape. Columns: training image, target (through the VAE), before, after."""
-    from traintrain.fileio import atomic_path
     from traintrain.rendering import build_pipeline, generate, labelled_grid
 
     pipe = build_pipeline(model)

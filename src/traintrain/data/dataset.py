@@ -185,6 +185,14 @@ class BucketBatches:
         self.random.shuffle(batches)
         return batches
 
+    def get_state(self) -> dict:
+        """The shuffle position: the random state and the batches left of this epoch (resumable states)."""
+        return {"random": self.random.getstate(), "queue": [list(batch) for batch in self._queue]}
+
+    def set_state(self, state: dict) -> None:
+        self.random.setstate(state["random"])
+        self._queue = [list(batch) for batch in state["queue"]]
+
     def next(self) -> list[Sample]:
         if not self._queue:
             self._queue = self._epoch()

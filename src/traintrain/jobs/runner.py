@@ -1,7 +1,11 @@
-"""Run one training job: check everything that can fail early, load the model, run the mode, save."""
+"""Run one training job: check everything that can fail early, load the model, run the mode, save.
+
+`resume_job` continues an interrupted job from its state file (see training/checkpoint.py).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +15,12 @@ import torch
 from traintrain.config import Mode, TrainConfig
 from traintrain.data.images import find_images
 from traintrain.errors import UserError
+from traintrain.jobs.outputs import planned_files
 from traintrain.modes.pairs import find_pairs
 from traintrain.modes.previews import preview_prompts, render_previews
+from traintrain.training.checkpoint import Checkpoints, load_state
 from traintrain.training.events import Message, Reporter, ignore
-from traintrain.training.preflight import check_training_options
+from traintrain.training.preflight import check_resources, check_training_options
 from traintrain.training.run_logs import RunLogs
 from traintrain.training.runtime import choose_seed, freeze_model, noise_scheduler, pick_device, resolve_dtype
 from traintrain.training.saving import LoraWriter, OutputPlan, check_save_name
@@ -32,6 +38,7 @@ class RunContext:
     noise_scheduler: object
     writer: LoraWriter
     report: Reporter
+    checkpoints: Checkpoints  # resumable states and the stop request
 
 
 @dataclass
@@ -67,13 +74,6 @@ def check_inputs(config: TrainConfig) -> None:
         raise UserError(f"diff_load_1st_pass: '{config.diff_load_1st_pass}' not found; give the copier LoRA file")
 
 
-def output_suffixes(config: TrainConfig) -> tuple[str, ...]:
-    """Final files this job will write, so an existing one stops it before training."""
-    if config.mode == Mode.DIFFERENCE and config.diff_save_1st_pass and not config.diff_1st_pass_only:
-        return ("", "_copy")
-    return ("",)
-
-
 def mode_trainer(mode: Mode):
     from traintrain.modes.addift import train_addift, train_multi_addift
     from traintrain.modes.difference import train_difference
@@ -87,13 +87,18 @@ def mode_trainer(mode: Mode):
 
 
 def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer_dir: str | None = None,
-            report: Reporter = ignore) -> JobResult:
+            report: Reporter = ignore, stop: threading.Event | None = None, resume: dict | None = None) -> JobResult:
+    """Train one job. Setting `stop` (from any thread) ends it after the current step with a save and a
+    state (TrainingStopped); `resume` is a loaded state to continue from (see `resume_job`)."""
     from traintrain.models.loading import load_model
 
     check_inputs(config)
     check_training_options(config)
     plan = OutputPlan(Path(output_dir), check_save_name(config.output_name))
-    plan.check_free(config.save_overwrite, output_suffixes(config))
+    # a resumed job wrote its other files (Difference's copier) itself before it stopped
+    files = planned_files(config)
+    plan.check_free(config.save_overwrite, [plan.path().name] if resume else files)
+    check_resources(config, plan, files)  # model headers, images, disk space for every file
     plan.check_writable()
 
     components = load_model(
@@ -105,14 +110,39 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     vae_dtype = resolve_dtype(config.train_vae_precision, device, "train_vae_precision", report)
     freeze_model(components, device, model_dtype, config.use_gradient_checkpointing, vae_dtype)
 
-    seed = choose_seed(config.train_seed)
+    seed = resume["job"]["seed"] if resume else choose_seed(config.train_seed)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     report = RunLogs(config, Path(output_dir), seed, report)  # CSV, TensorBoard and JSON records of the run
     report(Message(f"model {components.family.value} from {config.model}; seed {seed}; device {device.type}"))
-    writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, time.time())
-    run = RunContext(device, model_dtype, lora_dtype, seed, generator, noise_scheduler(components.v_prediction), writer, report)
+    started_at = resume["job"]["started_at"] if resume else time.time()
+    writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, started_at)
+    job = {"config": config.to_json_dict(), "output_dir": str(output_dir), "tokenizer_dir": tokenizer_dir,
+           "seed": seed, "started_at": started_at}
+    checkpoints = Checkpoints(job, generator, resume, stop)
+    run = RunContext(device, model_dtype, lora_dtype, seed, generator, noise_scheduler(components.v_prediction), writer,
+                     report, checkpoints)
     outcome = mode_trainer(config.mode)(config, components, run)
     if preview_prompts(config):
         outcome["preview"] = render_previews(config, components, outcome, run)
+    checkpoints.discard_written()
     return JobResult(outcome["path"], outcome["losses"], seed, outcome)
+
+
+def resume_job(state_path: Path, *, output_dir: Path | None = None, tokenizer_dir: str | None = None,
+               model: str | None = None, report: Reporter = ignore, stop: threading.Event | None = None) -> JobResult:
+    """Continue an interrupted job from `{name}_{k}steps.state`: its settings, seed and position.
+
+    Relative paths in the settings are read from the current folder, as in the first run; `model`
+    points to the base model when it has moved.
+    """
+    state = load_state(Path(state_path))
+    job = state["job"]
+    config = TrainConfig.from_json_dict(job["config"], source=str(state_path))
+    if model:
+        config = config.with_values(model=model)
+    report(Message(f"resuming from {state_path}: {state['phase']} step {state['progress']['step']}"))
+    return run_job(
+        config, output_dir=Path(output_dir or job["output_dir"]), tokenizer_dir=tokenizer_dir or job["tokenizer_dir"],
+        report=report, stop=stop, resume=state,
+    )

@@ -11,6 +11,7 @@ import json
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import accelerate
@@ -22,7 +23,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -77,16 +78,73 @@ def text_encoder_heads(hidden_size: int) -> int:
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors` or `.ckpt` file (unwrapping Lightning's `state_dict`)."""
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
-            raise UserError(f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again") from error
-    if suffix not in TORCH_SUFFIXES:
-        raise UserError(f"{path}: unsupported model file type '{suffix}'; give a .safetensors or .ckpt file, or a diffusers folder")
+            raise _corrupt_safetensors(path, error) from error
+    return _torch_load(path)
+
+
+@dataclass
+class WeightShapes:
+    """What a model file's headers tell before any weight is read."""
+
+    family: Family
+    unet: list[tuple[int, ...]]
+    text_encoders: list[tuple[int, ...]]
+
+
+def read_weight_shapes(path) -> WeightShapes:
+    """Family and UNet / text-encoder weight shapes from headers only (pickles memory-mapped).
+
+    A missing, broken, unsafe or foreign model is refused in a second instead of after minutes of
+    loading, and the shapes bound the size of the files the run will save.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; check the model path")
+    if path.is_dir():
+        check_diffusers_folder(path)
+        folders = [path / name for name in TEXT_ENCODER_FOLDERS if (path / name).is_dir()]
+        return WeightShapes(
+            _family_from_folder(path), _folder_shapes(path / "unet"), [s for f in folders for s in _folder_shapes(f)]
+        )
+    if path.suffix.lower() == ".safetensors":
+        shapes = _safetensors_shapes(path)
+    else:
+        shapes = {key: tuple(value.shape) for key, value in _torch_load(path, mmap=True).items()}
+    family = _detect_family(path, shapes)
+    return WeightShapes(
+        family,
+        [shape for key, shape in shapes.items() if key.startswith(UNET_PREFIX)],
+        [shape for key, shape in shapes.items() if key.startswith(TEXT_ENCODER_PREFIXES[family])],
+    )
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """safetensors checks on opening that the header is whole and the file covers every tensor."""
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _corrupt_safetensors(path, error) from error
+
+
+def _folder_shapes(folder: Path) -> list[tuple[int, ...]]:
+    return [shape for file in sorted(folder.glob("*.safetensors")) for shape in _safetensors_shapes(file).values()]
+
+
+def _corrupt_safetensors(path: Path, error: BaseException) -> UserError:
+    return UserError(f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again")
+
+
+def _torch_load(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a pickled checkpoint, read with weights_only: a pickle that would run code is refused."""
+    if path.suffix.lower() not in TORCH_SUFFIXES:
+        raise UserError(f"{path}: unsupported model file type '{path.suffix}'; give a .safetensors or .ckpt file, or a diffusers folder")
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
             raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
@@ -94,7 +152,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: this .ckpt holds Python objects that need unsafe pickle loading; "
             "use a .safetensors version of the model (or convert it with a tool you trust)"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except RuntimeError as error:
+        if mmap and "mmap" in str(error):  # the legacy (pre-zip) format cannot be memory-mapped
+            return _torch_load(path)
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
@@ -264,12 +326,16 @@ def _architecture_name(config: dict) -> str:
 # ---- diffusers folders --------------------------------------------------------------------------
 
 
-def _load_diffusers_folder(path: Path, tokenizer_dir) -> ModelComponents:
+def check_diffusers_folder(path: Path) -> None:
     if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
         raise UserError(
             f"{path}: folder is not a diffusers model (no model_index.json with unet/); "
             "give a diffusers model folder or a .safetensors/.ckpt file"
         )
+
+
+def _load_diffusers_folder(path: Path, tokenizer_dir) -> ModelComponents:
+    check_diffusers_folder(path)
     family = _family_from_folder(path)
     unet = _from_pretrained(UNet2DConditionModel, path, "unet")
     vae = _from_pretrained(AutoencoderKL, path, "vae")

@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from traintrain.errors import UserError
+from traintrain.fileio import atomic_folder, atomic_path
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.ldm_convert import components_to_ldm
@@ -127,17 +128,24 @@ def write_tiny_model(family: Family, fmt: str, out, seed: int = 0) -> Path:
             raise UserError(f"{target}: already exists; choose another output path or delete it first")
     components = build_tiny_components(family, seed)
     if fmt == "single-file":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({key: value.contiguous() for key, value in components_to_ldm(components).items()}, str(out))
+        with atomic_folder(tokenizer_folder) as tmp:  # first: the model's name appears only when it is usable
+            _write_tokenizers(components, tmp)
+        with atomic_path(out) as tmp:
+            save_file({key: value.contiguous() for key, value in components_to_ldm(components).items()}, str(tmp))
     else:
-        _write_diffusers_folder(components, out)
-    for tokenizer, folder in zip(components.tokenizers, TOKENIZER_FOLDERS):
-        save_tokenizer(tokenizer, tokenizer_folder / folder)
+        with atomic_folder(out) as tmp:
+            _write_diffusers_folder(components, tmp)
+            _write_tokenizers(components, tmp)
     return out
 
 
+def _write_tokenizers(components: ModelComponents, folder: Path) -> None:
+    for tokenizer, name in zip(components.tokenizers, TOKENIZER_FOLDERS):
+        save_tokenizer(tokenizer, folder / name)
+
+
 def _write_diffusers_folder(components: ModelComponents, out: Path) -> None:
-    out.mkdir(parents=True)
+    """Written into a fresh temporary folder, so the libraries' own writers need not be atomic."""
     components.unet.save_pretrained(str(out / "unet"), safe_serialization=True)
     components.vae.save_pretrained(str(out / "vae"), safe_serialization=True)
     for encoder, folder in zip(components.text_encoders, TEXT_ENCODER_FOLDERS):

@@ -57,7 +57,10 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
 
 
 def save_tokenizer(tokenizer: CLIPTokenizer, folder) -> None:
-    """Save in both layouts tools read: tokenizer.json and the classic vocab.json + merges.txt."""
+    """Save in both layouts tools read: tokenizer.json and the classic vocab.json + merges.txt.
+
+    The files are written in place: give a fresh folder (write_tiny_model gives a temporary one).
+    """
     folder = Path(folder)
     tokenizer.save_pretrained(str(folder))
     (folder / "vocab.json").write_text(json.dumps(tokenizer.get_vocab(), ensure_ascii=False), encoding="utf-8")

@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 
 from traintrain.data.dataset import BucketBatches
-from traintrain.modes.common import build_network, fixed_conditionings, parameter_groups, prompt_only_spec, stack_conditionings
+from traintrain.modes.common import build_network, fixed_conditionings, prompt_only_spec, stack_conditionings, train_result_network
 from traintrain.modes.denoising import unet_predict
 from traintrain.modes.pairs import encode_pair, find_pairs, load_pair, pair_caption
 from traintrain.training.events import Message
-from traintrain.training.loop import TrainingTask, run_loop
 from traintrain.training.loss import denoising_loss
 
 FORWARD_MULTIPLIER = 0.25
@@ -31,10 +30,9 @@ def sweep_range(step: int, low: int, high: int) -> tuple[int, int]:
     return min(start, 999), min(end, 1000)
 
 
-def addift_loss_fn(components, network, config, run, samples, conds):
-    """`conds[i]` is (original-side, target-side) conditioning of sample i."""
-    batches = BucketBatches(samples, config.train_batch_size, run.seed)
-    index_of = {id(s): i for i, s in enumerate(samples)}
+def addift_loss_fn(components, network, config, run, batches: BucketBatches, conds):
+    """`conds[i]` is (original-side, target-side) conditioning of sample i of `batches`."""
+    index_of = {id(s): i for i, s in enumerate(batches.samples)}
     scheduler = run.noise_scheduler
 
     def compute_loss(step: int) -> torch.Tensor:
@@ -63,6 +61,7 @@ def addift_loss_fn(components, network, config, run, samples, conds):
         return denoising_loss(
             prediction, reference, timesteps.to(prediction.device), scheduler.alphas_cumprod,
             snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction, mask=mask,
+            loss_function=config.train_loss_function,
         )
 
     return compute_loss
@@ -70,14 +69,10 @@ def addift_loss_fn(components, network, config, run, samples, conds):
 
 def _train(phase: str, config, components, run, samples, conds) -> dict:
     network = build_network(components, prompt_only_spec(config), run, resume=config.network_resume)
-    compute_loss = addift_loss_fn(components, network, config, run, samples, conds)
-    task = TrainingTask(
-        phase, parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
-        lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
-    )
-    result = run_loop(task, config, run.report)
-    path = run.writer.save(network, steps=config.train_iterations)
-    return {"path": path, "losses": result.losses, "network": network, "samples": samples}
+    batches = BucketBatches(samples, config.train_batch_size, run.seed)
+    compute_loss = addift_loss_fn(components, network, config, run, batches, conds)
+    outcome = train_result_network(phase, network, config, compute_loss, components, run, data_order=batches)
+    return outcome | {"samples": samples}
 
 
 def train_addift(config, components, run) -> dict:

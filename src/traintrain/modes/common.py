@@ -8,6 +8,7 @@ import torch
 
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
+from traintrain.training.loop import TrainingTask, run_loop
 
 
 def prompt_only_spec(config) -> NetworkSpec:
@@ -52,3 +53,24 @@ def repeat_conditioning(cond: Conditioning, batch: int) -> Conditioning:
 def stack_conditionings(conds: list[Conditioning]) -> Conditioning:
     pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])
     return Conditioning(torch.cat([c.hidden for c in conds]), pooled)
+
+
+def train_result_network(phase: str, network, config, compute_loss, components, run, copier=None,
+                         data_order=None) -> dict:
+    """Train the network whose file is the job's result: periodic saves and previews, final save.
+
+    `data_order` (get_state/set_state) is the position of the mode's batches, kept in resumable states.
+    """
+    from traintrain.modes.previews import preview_prompts, render_previews
+
+    def preview(step: int) -> None:
+        render_previews(config, components, {"network": network, "copier": copier}, run, suffix=f"_{step}steps")
+
+    task = TrainingTask(
+        phase, parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
+        lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
+        config.preview_every_steps if preview_prompts(config) else 0, preview, data_order, run.checkpoints,
+    )
+    result = run_loop(task, config, run.report)
+    path = run.writer.save(network, steps=config.train_iterations)
+    return {"path": path, "losses": result.losses, "network": network}

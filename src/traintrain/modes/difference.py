@@ -5,28 +5,32 @@ holds only what differs between the two images.
 
 from __future__ import annotations
 
-import random
-
 import torch
 
-from traintrain.modes.common import build_network, fixed_conditionings, parameter_groups, prompt_only_spec, repeat_conditioning
+from traintrain.modes.common import (
+    build_network, fixed_conditionings, parameter_groups, prompt_only_spec, repeat_conditioning, train_result_network,
+)
 from traintrain.modes.denoising import denoising_step_loss
 from traintrain.modes.pairs import encode_pair, load_pair
 from traintrain.networks.kohya_format import load_lora
+from traintrain.training.checkpoint import SeededRandom
 from traintrain.training.events import Message
 from traintrain.training.loop import TrainingTask, run_loop
 
 
 def image_loss_fn(components, config, run, latents: list[torch.Tensor], cond):
-    """Denoising loss on one image (and its mirror): a batch of train_batch_size draws of it."""
-    picker = random.Random(run.seed)
+    """Denoising loss on one image (and its mirror): a batch of train_batch_size draws of it.
+
+    Returns the loss and the picker of the draws (its position is kept in resumable states).
+    """
+    picker = SeededRandom(run.seed)
     batch_cond = repeat_conditioning(cond, config.train_batch_size)
 
     def compute_loss(step: int) -> torch.Tensor:
         batch = torch.stack([picker.choice(latents) for _ in range(config.train_batch_size)])
         return denoising_step_loss(components, run.noise_scheduler, batch, batch_cond, config, run.generator)
 
-    return compute_loss
+    return compute_loss, picker
 
 
 def prepare_pair(config, components, run):
@@ -48,8 +52,13 @@ def train_copier(config, components, run, samples, cond):
         copier.load_tensors(tensors, source=config.diff_load_1st_pass)
         run.report(Message(f"copier loaded from {config.diff_load_1st_pass}"))
         return copier, []
-    compute_loss = image_loss_fn(components, config, run, [s.original for s in samples], cond)
-    task = TrainingTask("copier", parameter_groups(copier, config), compute_loss, config.train_iterations)
+    compute_loss, picker = image_loss_fn(components, config, run, [s.original for s in samples], cond)
+    suffix = "" if config.diff_1st_pass_only else "_copy"
+    task = TrainingTask(
+        "copier", parameter_groups(copier, config), compute_loss, config.train_iterations,
+        on_save=lambda step: run.writer.save(copier, suffix=f"{suffix}_{step}steps", steps=step),  # used by stops
+        data_order=picker, checkpoints=run.checkpoints,
+    )
     result = run_loop(task, config, run.report)
     if config.diff_save_1st_pass and not config.diff_1st_pass_only:
         run.writer.save(copier, suffix="_copy", steps=config.train_iterations)
@@ -66,13 +75,8 @@ def train_difference(config, components, run) -> dict:
 
     second = config.for_second_pass()
     difference = build_network(components, prompt_only_spec(second), run, resume=second.network_resume)
-    compute_loss = image_loss_fn(components, second, run, [s.target for s in samples], cond)
-    task = TrainingTask(
-        "difference", parameter_groups(difference, second), compute_loss, second.train_iterations,
-        second.save_per_steps, lambda step: run.writer.save(difference, suffix=f"_{step}steps", steps=step),
-    )
-    result = run_loop(task, second, run.report)
+    compute_loss, picker = image_loss_fn(components, second, run, [s.target for s in samples], cond)
     run.writer.config = second
-    path = run.writer.save(difference, steps=second.train_iterations)
-    return {"path": path, "losses": result.losses, "network": difference, "copier": copier,
-            "copier_losses": copier_losses, "samples": samples, "conditioning": cond}
+    outcome = train_result_network("difference", difference, second, compute_loss, components, run, copier=copier,
+                                   data_order=picker)
+    return outcome | {"copier": copier, "copier_losses": copier_losses, "samples": samples, "conditioning": cond}

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from traintrain.modes.common import build_network, fixed_conditionings, parameter_groups, prompt_only_spec, repeat_conditioning
+from traintrain.modes.common import build_network, fixed_conditionings, prompt_only_spec, repeat_conditioning, train_result_network
 from traintrain.modes.denoising import unet_predict
-from traintrain.training.loop import TrainingTask, run_loop
 from traintrain.training.loss import denoising_loss
 
 
@@ -36,6 +35,7 @@ def ileco_loss_fn(components, network, config, run, original, target, latent):
         return denoising_loss(
             prediction, wanted, timesteps.to(prediction.device), scheduler.alphas_cumprod,
             snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction,
+            loss_function=config.train_loss_function,
         )
 
     return compute_loss
@@ -46,10 +46,4 @@ def train_ileco(config, components, run) -> dict:
     original, target = fixed_conditionings(components, [config.original_prompt, config.target_prompt])
     latent = ileco_latent(config, run.generator)
     compute_loss = ileco_loss_fn(components, network, config, run, original, target, latent)
-    task = TrainingTask(
-        "iLECO", parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
-        lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
-    )
-    result = run_loop(task, config, run.report)
-    path = run.writer.save(network, steps=config.train_iterations)
-    return {"path": path, "losses": result.losses, "network": network}
+    return train_result_network("iLECO", network, config, compute_loss, components, run)

@@ -10,10 +10,9 @@ from traintrain.data.dataset import BucketBatches, build_training_data
 from traintrain.data.plan_report import plan_lines
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.modes.denoising import denoising_step_loss
-from traintrain.modes.common import build_network, parameter_groups
+from traintrain.modes.common import build_network, train_result_network
 from traintrain.networks.network import NetworkSpec
 from traintrain.training.events import Message
-from traintrain.training.loop import TrainingTask, run_loop
 
 
 class TextCache:
@@ -66,10 +65,5 @@ def train_lora(config, components, run) -> dict:
         )
         return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask)
 
-    task = TrainingTask(
-        "LoRA", parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
-        lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
-    )
-    result = run_loop(task, config, run.report)
-    path = run.writer.save(network, steps=config.train_iterations)
-    return {"path": path, "losses": result.losses, "network": network, "data": data}
+    outcome = train_result_network("LoRA", network, config, compute_loss, components, run, data_order=batches)
+    return outcome | {"data": data}

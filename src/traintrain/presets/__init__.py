@@ -6,6 +6,7 @@ from pathlib import Path
 
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
+from traintrain.fileio import check_plain_name
 
 PRESET_DIR = Path(__file__).parent
 
@@ -15,7 +16,9 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> TrainConfig:
+    """A preset is looked up by name among the files here, never opened as a path."""
+    name = check_plain_name(name.strip(), "preset name")
     for stem in preset_names():
-        if stem.lower() == name.strip().lower():
+        if stem.lower() == name.lower():
             return TrainConfig.load_json(PRESET_DIR / f"{stem}.json")
     raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(preset_names())}")

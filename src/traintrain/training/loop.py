@@ -2,19 +2,34 @@
 
 Saves happen with the optimizer ready for them (schedule-free: eval mode), and the loop ends in that
 state, so the weights a mode saves or reuses after `run_loop` are the ones training produced.
+With `checkpoints`, each step's file save also writes a resumable state, a resumed phase continues
+after its saved step, and a stop request ends the run after the current step with a save and a state.
+A non-finite loss or gradient stops the run before anything is written (or, with
+`train_nan_policy=skip`, the step is skipped, up to `train_nan_skip_limit` times).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 
+from traintrain.config import NanPolicy
+from traintrain.training.checkpoint import Checkpoints
 from traintrain.training.events import Message, Progress, Reporter
 from traintrain.training.optimizers import build_training_optimizer
+
+
+class DataOrder(Protocol):
+    """The position of a mode's data order (batch queue, random picks), kept in resumable states."""
+
+    def get_state(self): ...
+
+    def set_state(self, state) -> None: ...
 
 
 @dataclass
@@ -26,17 +41,32 @@ class TrainingTask:
     compute_loss: Callable[[int], torch.Tensor]
     iterations: int
     save_every: int = 0
-    on_periodic_save: Callable[[int], None] | None = None
+    on_save: Callable[[int], Path] | None = None  # writes the network as of step k (periodic saves, stops)
+    preview_every: int = 0
+    on_preview: Callable[[int], None] | None = None
+    data_order: DataOrder | None = None
+    checkpoints: Checkpoints | None = None
 
 
 @dataclass
 class LoopResult:
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
+    average: float | None = None  # EMA of the loss (factor 0.9), as the progress bar shows it
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(Exception):
+    """Training diverged; the message names the step, the likely cause and what was kept."""
+
+
+class TrainingStopped(Exception):
+    """A stop was requested: the run saved its network and a state at `step`, then ended."""
+
+    def __init__(self, phase: str, step: int, total: int, saved: Path | None, state: Path | None):
+        self.phase, self.step, self.total, self.saved, self.state = phase, step, total, saved, state
+        where = f"saved {saved} and {state}; continue with: traintrain train --resume {state}" if state else "nothing saved"
+        super().__init__(f"stopped at {phase} step {step} of {total}: {where}")
 
 
 def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
@@ -48,32 +78,82 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
         report(Message(training.description))
     optimizer = training.optimizer
     params = [p for group in task.param_groups for p in group["params"]]
-    result = LoopResult()
-    average = None
-    started = time.monotonic()
+    checkpoints = task.checkpoints
     training.before_training()
-    for step in range(1, task.iterations + 1):
+    result, start = LoopResult(), 0
+    restored = checkpoints.restore(task.phase, params, training, task.data_order) if checkpoints else None
+    if restored:
+        start = restored.pop("step")
+        result = LoopResult(**restored)
+        report(Message(f"{task.phase}: resumed after step {start} of {task.iterations}"))
+    last_saved = None
+    started = time.monotonic()
+    for step in range(start + 1, task.iterations + 1):
         loss = task.compute_loss(step)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss became {loss.item()} at step {step}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        problem = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
+        if problem is None:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            problem = None if torch.isfinite(norm) else f"the gradient norm is {norm.item()}"
+        if problem is None:
+            optimizer.step()
+        else:
+            result.skipped += 1
+            _guard(config, step, problem, result.skipped, last_saved, report)
         learning_rate = training.learning_rate()
         training.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         value = float(loss.detach())
-        average = value if average is None else 0.9 * average + 0.1 * value
+        if problem is None:
+            result.average = value if result.average is None else 0.9 * result.average + 0.1 * value
         result.losses.append(value)
         result.learning_rates.append(learning_rate)
         elapsed = time.monotonic() - started
-        eta = elapsed / step * (task.iterations - step)
+        eta = elapsed / (step - start) * (task.iterations - step)
+        average = value if result.average is None else result.average  # a skipped first step has none yet
         report(Progress(task.phase, step, task.iterations, value, average, learning_rate, elapsed, eta))
-        if task.save_every and task.on_periodic_save and step % task.save_every == 0 and step < task.iterations:
-            training.before_save()
-            task.on_periodic_save(step)
+
+        saved = None
+        if task.save_every and task.on_save and step % task.save_every == 0 and step < task.iterations:
+            saved = _save(training, task, step)
+        if task.preview_every and task.on_preview and step % task.preview_every == 0 and step < task.iterations:
+            training.before_save()  # previews show the weights a save would hold
+            task.on_preview(step)
             training.before_training()
+        stop = checkpoints is not None and checkpoints.stop_requested.is_set() and step < task.iterations
+        if stop and saved is None and task.on_save:
+            saved = _save(training, task, step)
+        state = None
+        if saved is not None:
+            last_saved = saved
+            if checkpoints:
+                progress = {"step": step, **dataclasses.asdict(result)}
+                state = checkpoints.save(saved, task.phase, progress, params, training, task.data_order)
+        if stop:
+            raise TrainingStopped(task.phase, step, task.iterations, saved, state)
     training.before_save()
-    if not all(math.isfinite(v) for v in result.losses):
-        raise NonFiniteLoss("loss is not finite")
+    if checkpoints:
+        checkpoints.phase_finished(task.phase, params, {"step": task.iterations, **dataclasses.asdict(result)})
     return result
+
+
+def _save(training, task: TrainingTask, step: int) -> Path:
+    training.before_save()
+    path = task.on_save(step)
+    training.before_training()
+    return path
+
+
+def _guard(config, step: int, problem: str, skipped: int, last_saved: Path | None, report: Reporter) -> None:
+    """Stop on a non-finite step, or under the skip policy report it and let the loop skip it."""
+    if config.train_nan_policy == NanPolicy.SKIP and skipped <= config.train_nan_skip_limit:
+        report(Message(f"step {step}: {problem}; step skipped ({skipped} of at most {config.train_nan_skip_limit})", "warning"))
+        return
+    limit = f" after {skipped - 1} skipped steps (train_nan_skip_limit)" if config.train_nan_policy == NanPolicy.SKIP else ""
+    kept = f"the last good save {last_saved} is kept" if last_saved else "no file was written in this phase"
+    raise NonFiniteLoss(
+        f"training stopped at step {step}{limit}: {problem}. Likely causes: fp16 precision of the model or VAE "
+        f"(set train_model_precision / train_vae_precision to bf16 or fp32) or a learning rate too high "
+        f"(train_learning_rate {config.train_learning_rate:g}); {kept}. "
+        "--nan-policy skip (train_nan_policy=skip) skips such steps instead"
+    )

@@ -1,11 +1,103 @@
-"""Training options that can fail, checked before the model loads: a typo costs seconds, not minutes."""
+"""Everything that can fail later, checked before the model loads: a typo or a full disk costs
+seconds, not an hour-long run that dies at its first save.
+"""
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from traintrain.config import Mode
+from traintrain.data.captions import read_caption
+from traintrain.data.images import BadImage, find_images, load_image
+from traintrain.errors import UserError
+from traintrain.models.loading import WeightShapes, read_weight_shapes
 from traintrain.training.optimizers import check_optimizer
 from traintrain.training.run_logs import check_logging
+from traintrain.training.saving import OutputPlan, lora_size_bound
+
+CSV_BYTES_PER_STEP = 128
 
 
 def check_training_options(config) -> None:
     check_optimizer(config)
     check_logging(config)
+
+
+def check_resources(config, plan: OutputPlan, file_names: list[str]) -> None:
+    """Model headers, images, folders and disk space; then clear temporaries of killed runs."""
+    shapes = read_weight_shapes(config.model)
+    check_images(config)
+    check_latent_cache_dir(config)
+    check_disk_space(config, plan, shapes, file_names)
+    plan.remove_stale_temps(file_names)
+
+
+def check_images(config) -> None:
+    """Captions decode and at least one image does (the rest are skipped with a warning later)."""
+    if config.mode in (Mode.LORA, Mode.MULTI_ADDIFT):
+        paths = find_images(config.lora_data_directory)
+        for path in paths:
+            read_caption(path)
+        first_error = None
+        for path in paths:
+            try:
+                load_image(path)
+                return
+            except BadImage as error:
+                first_error = first_error or error
+        raise UserError(f"no usable image in {config.lora_data_directory}: none of its {len(paths)} image files "
+                        f"can be read ({first_error})")
+    if config.mode in (Mode.DIFFERENCE, Mode.ADDIFT):
+        original, target = load_image(config.original_image), load_image(config.target_image)
+        if original.image.size != target.image.size:
+            (w1, h1), (w2, h2) = original.image.size, target.image.size
+            raise UserError(f"original image {config.original_image} is {w1}x{h1} but target image "
+                            f"{config.target_image} is {w2}x{h2}; both must have the same size")
+
+
+def check_latent_cache_dir(config) -> None:
+    if not config.latent_cache_dir:
+        return
+    folder = Path(config.latent_cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"latent_cache_dir {folder} is not a writable folder ({error.strerror}); choose another") from None
+
+
+def check_disk_space(config, plan: OutputPlan, shapes: WeightShapes, file_names: list[str]) -> None:
+    """Room for every file the run saves, each at its upper-bound size (see lora_size_bound)."""
+    weights = shapes.unet + (shapes.text_encoders if "BASE" in config.network_blocks else [])
+    loras = sum(name.endswith(".safetensors") for name in file_names)
+    height, width = config.image_size
+    prompts = max(2, len([p for p in re.split(r"[;\n]", config.preview_prompts) if p.strip()]))
+    preview = 3 * prompts * height * width * 3 + (1 << 20)  # three multipliers, uncompressed RGB
+    needed = loras * lora_size_bound(weights, config) + (len(file_names) - loras) * preview
+    if config.logging_save_csv:
+        needed += CSV_BYTES_PER_STEP * config.train_iterations * 2  # Difference logs two passes
+    free = shutil.disk_usage(_existing(plan.directory)).free
+    if needed > free:
+        raise UserError(
+            f"not enough disk space in {plan.directory}: this run saves {len(file_names)} file(s) needing up to "
+            f"{_size(needed)}, but only {_size(free)} is free; free some space or choose another --output-dir"
+        )
+
+
+def _existing(folder: Path) -> Path:
+    """The folder, or its nearest existing parent (the output folder is created only after the checks)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024

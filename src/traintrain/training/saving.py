@@ -1,22 +1,28 @@
-"""Output names and files: safe names, refusal to overwrite, kohya files with metadata."""
+"""Output names and files: safe names, refusal to overwrite, room on disk, kohya files with metadata."""
 
 from __future__ import annotations
 
+import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from traintrain.errors import UserError
+from traintrain.fileio import check_plain_name, remove_stale_temps
 from traintrain.networks.kohya_format import build_metadata, save_lora
+from traintrain.networks.lokr import factorization
 from traintrain.training.events import Reporter, Saved
 from traintrain.training.runtime import DTYPES
+
+BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "bf16": 2}
+HEADER_BYTES_PER_TENSOR = 512  # safetensors JSON header entry, generously
+METADATA_BYTES = 1 << 20  # ss_* metadata, tag frequencies included
 
 
 def check_save_name(name: str) -> str:
     """A save name is a file name, never a path: nothing may be written outside the output folder."""
-    if any(sep in name for sep in ("/", "\\")) or name in (".", "..") or ".." in name or "\0" in name:
-        raise UserError(f"save_lora_name: '{name}' must be a plain file name without '/', '\\' or '..'")
-    return name
+    return check_plain_name(name, "save_lora_name")
 
 
 @dataclass
@@ -25,14 +31,14 @@ class OutputPlan:
     name: str
 
     def path(self, suffix: str = "") -> Path:
-        return self.directory / f"{self.name}{suffix}.safetensors"
+        return self.directory / check_plain_name(f"{self.name}{suffix}.safetensors", "save name")
 
-    def check_free(self, overwrite: bool, suffixes=("",)) -> None:
-        """Refuse before any training when a final file already exists and overwriting is off."""
+    def check_free(self, overwrite: bool, file_names=None) -> None:
+        """Refuse before any training when a file the job will write exists and overwriting is off."""
         if overwrite:
             return
-        for suffix in suffixes:
-            target = self.path(suffix)
+        for file_name in file_names or [self.path().name]:
+            target = self.directory / check_plain_name(file_name, "save name")
             if target.exists():
                 raise UserError(
                     f"{target} already exists; choose another save_lora_name or set save_overwrite=true"
@@ -43,12 +49,47 @@ class OutputPlan:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"output folder {self.directory} cannot be created ({exc.strerror}); choose another --output-dir") from None
-        probe = self.directory / f".{self.name}.write-test"
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
+            with tempfile.TemporaryFile(dir=self.directory) as probe:  # never visible, even if killed
+                probe.write(b"x")
         except OSError as exc:
             raise UserError(f"output folder {self.directory} is not writable ({exc.strerror}); choose another --output-dir") from None
+
+    def remove_stale_temps(self, file_names) -> None:
+        """Temporary files of these names are left-overs of a killed run: the job owns these names."""
+        for file_name in file_names:
+            remove_stale_temps(self.directory / file_name)
+
+
+def lora_size_bound(weight_shapes, config) -> int:
+    """Bytes a saved network of this config can take at most, from the model's weight shapes.
+
+    Every weight the network type can target counts (lierla: linear and 1x1 conv; the others every
+    conv too), as if all blocks were trained: never less than the real file, and within a small
+    factor of it (about 1.5-2x on the tiny models).
+    """
+    kind = config.network_type.value
+    values = tensors = 0
+    for shape in weight_shapes:
+        if len(shape) < 2:
+            continue
+        kernel = math.prod(shape[2:])
+        if kernel > 1 and kind == "lierla":
+            continue
+        rank = (config.network_conv_rank or config.network_rank) if kernel > 1 else config.network_rank
+        values += _module_values(kind, rank, shape[0], shape[1], kernel)
+        tensors += 5
+    return values * BYTES_PER_VALUE[config.save_precision.value] + tensors * HEADER_BYTES_PER_TENSOR + METADATA_BYTES
+
+
+def _module_values(kind: str, rank: int, fan_out: int, channels_in: int, kernel: int) -> int:
+    """Saved values of one module: LoRA's down/up pair, LoHa's two pairs, LoKr's Kronecker factors."""
+    if kind == "lokr":
+        (a, b), (c, d) = factorization(fan_out), factorization(channels_in)
+        w2 = b * d * kernel if rank >= max(b, d) / 2 else rank * (b + d * kernel)
+        return a * c + w2 + 1
+    pairs = 2 if kind == "loha" else 1
+    return pairs * rank * (channels_in * kernel + fan_out) + 1
 
 
 @dataclass
