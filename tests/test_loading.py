@@ -176,3 +176,16 @@ def test_v_prediction_from_diffusers_scheduler(tmp_path):
 def test_dtype(written):
     loaded = load_model(written[Family.SD1, "single-file"], dtype=torch.float16)
     assert {p.dtype for model in (loaded.unet, loaded.vae, *loaded.text_encoders) for p in model.parameters()} == {torch.float16}
+
+
+def test_v_prediction_from_a_marker_key_in_the_checkpoint(tmp_path, written):
+    from safetensors.torch import load_file, save_file
+
+    source = written[Family.SDXL, "single-file"]
+    state = load_file(str(source))
+    state["v_pred"] = torch.tensor([])
+    path = tmp_path / "vpred.safetensors"
+    save_file(state, str(path))
+    tokenizer_dir = source.with_name("tiny.tokenizer")
+    assert load_model(path, tokenizer_dir=tokenizer_dir).v_prediction is True
+    assert load_model(source).v_prediction is False

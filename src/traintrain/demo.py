@@ -27,7 +27,7 @@ SHAPES = [
     ("yellow circle", (240, 210, 40), "ellipse", (60, 40, 120)),
 ]
 SIZE = 128
-DEFAULT_STEPS = 1200
+DEFAULT_STEPS = 800
 
 
 @dataclass
@@ -99,6 +99,7 @@ def render_before_after(model: Path, lora: Path, images, target: Path, report: R
     from traintrain.rendering import build_pipeline, generate, labelled_grid
 
     pipe = build_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
     prompts = [caption for _, caption in images[::2]]
     sources = [Image.open(path).convert("RGB") for path, _ in images[::2]]
     targets = [_through_vae(pipe.vae, img) for img in sources]
@@ -106,9 +107,19 @@ def render_before_after(model: Path, lora: Path, images, target: Path, report: R
     before = generate(pipe, prompts, SIZE, seed=1)
     pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="demo")
     after = generate(pipe, prompts, SIZE, seed=1)
+    report(Message(
+        f"mean pixel distance to the targets: before {_distance(before, targets):.1f}, after {_distance(after, targets):.1f}"
+    ))
     grid = labelled_grid([sources, targets, before, after], ["image", "target", "before", "after"])
     with atomic_path(target) as tmp:
         grid.save(tmp, format="PNG")
+
+
+def _distance(images, targets) -> float:
+    """Mean absolute pixel difference (0-255) between generated pictures and their targets."""
+    return float(np.mean([
+        np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() for a, b in zip(images, targets)
+    ]))
 
 
 @torch.no_grad()

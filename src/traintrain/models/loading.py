@@ -42,8 +42,9 @@ V_PARAMETERIZATION = re.compile(r"""^\s*parameterization:\s*["']?v["']?\s*$""", 
 def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dtype=torch.float32) -> ModelComponents:
     """UNet, VAE, text encoder(s) and tokenizer(s) of the model at `path`, never touching the network.
 
-    `v_prediction`: an explicit value wins; else the diffusers scheduler config or a `X.yaml` beside
-    the checkpoint with `parameterization: "v"` decides; else epsilon-prediction.
+    `v_prediction`: an explicit value wins; else a `v_pred` marker key in the checkpoint, the diffusers
+    scheduler config or a `X.yaml` beside the checkpoint with `parameterization: "v"` decides; else
+    epsilon-prediction.
     """
     path = Path(path)
     if not path.exists():
@@ -54,7 +55,10 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
         if model.dtype != dtype:  # diffusers warns about any cast, even a no-op one
             model.to(dtype)
         model.eval()
-    components.v_prediction = _detect_v_prediction(path) if v_prediction is None else v_prediction
+    if v_prediction is not None:
+        components.v_prediction = v_prediction
+    else:
+        components.v_prediction = components.v_prediction or _detect_v_prediction(path)
     return components
 
 
@@ -184,7 +188,8 @@ def _load_single_file(path: Path, tokenizer_dir) -> ModelComponents:
         _assemble(build_text_encoder, config, lambda m, i=index: _convert_text_encoder(family, i, state, m), path, "text encoder")
         for index, config in enumerate(encoder_configs)
     ]
-    return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=str(path))
+    # Some v-prediction checkpoints (e.g. SDXL v-pred fine-tunes) carry an empty `v_pred` marker key.
+    return ModelComponents(family, unet, vae, text_encoders, tokenizers, v_prediction="v_pred" in state, source=str(path))
 
 
 def _detect_family(path: Path, state) -> Family:
