@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from traintrain.demo import SIZE, SHAPES, run_demo
+from traintrain.demo import CELL, SHAPES, run_demo
 
 
 @pytest.mark.slow
@@ -9,8 +9,8 @@ def test_demo_writes_lora_and_before_after_picture(tmp_path):
     result = run_demo(tmp_path / "demo", steps=40)
     assert result.lora_path.is_file() and len(result.losses) == 40
     picture = Image.open(result.image_path)
-    assert picture.size == (4 * SIZE, 18 + SIZE * len(SHAPES))
+    assert picture.size == (4 * CELL, 18 + CELL * len(SHAPES))
     # before and after columns must differ: the LoRA was loaded by diffusers and changed the output
-    before = picture.crop((2 * SIZE, 18, 3 * SIZE, 18 + SIZE)).tobytes()
-    after = picture.crop((3 * SIZE, 18, 4 * SIZE, 18 + SIZE)).tobytes()
+    before = picture.crop((2 * CELL, 18, 3 * CELL, 18 + CELL)).tobytes()
+    after = picture.crop((3 * CELL, 18, 4 * CELL, 18 + CELL)).tobytes()
     assert before != after

@@ -2,8 +2,9 @@
 before/after picture rendered by diffusers with the LoRA loaded through its own loader.
 
 Everything is made here, offline, so a new machine can check its set-up in about two minutes.
-The tiny model has random weights, so its pictures are abstract; the point is the change: the
-"after" column moves toward the "target" column (each training image as this VAE reproduces it).
+The tiny model's UNet and text encoder have random weights; only its VAE is fitted to the demo
+pictures so that they can be read. Before training, the model draws random blotches; after, the
+same seeds draw the shapes of the "target" column (each training image as this VAE reproduces it).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ SHAPES = [
     ("green triangle", (40, 170, 60), "triangle", (30, 30, 40)),
     ("yellow circle", (240, 210, 40), "ellipse", (60, 40, 120)),
 ]
-SIZE = 128
-DEFAULT_STEPS = 800
+SIZE = 64
+DEFAULT_STEPS = 1000
+CELL = 128  # pixels per picture in before_after.png (the 64 px renders are enlarged)
+VAE_FIT_STEPS = 150
 
 
 @dataclass
@@ -66,11 +69,39 @@ def write_demo_images(folder: Path) -> list[tuple[Path, str]]:
     return written
 
 
+def tiny_model_with_fitted_vae(images, steps: int = VAE_FIT_STEPS):
+    """A tiny SD1 whose VAE reproduces the demo pictures.
+
+    A random decoder turns any latent into coloured noise, so no picture could show what the LoRA
+    learned. A short autoencoder fit (latent std kept at 1 after the SD1 scale, as in a trained
+    VAE) makes the pictures readable; the UNet stays random and only the LoRA learns the shapes.
+    """
+    from traintrain.data.dataset import image_to_tensor
+    from traintrain.models.families import Family
+    from traintrain.models.tiny import build_tiny_components
+
+    components = build_tiny_components(Family.SD1, seed=0)
+    vae = components.vae.train().requires_grad_(True)
+    pixels = torch.stack([image_to_tensor(Image.open(path).convert("RGB")) for path, _ in images])
+    optimizer = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    scale = components.spec.latent_scale
+    for _ in range(steps):
+        batch = pixels[torch.randperm(len(pixels), generator=generator)[:4]]
+        latent = vae.encode(batch).latent_dist.mean
+        loss = torch.nn.functional.mse_loss(vae.decode(latent).sample, batch) + 0.1 * ((latent * scale).std() - 1) ** 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vae.eval().requires_grad_(False)
+    return components
+
+
 def demo_config(model: Path, data: Path, steps: int) -> TrainConfig:
     return TrainConfig(
         mode="LoRA", model=str(model), lora_data_directory=str(data), lora_trigger_word=TRIGGER, network_type="c3lier",
-        network_rank=8, network_alpha=8, train_iterations=steps, train_batch_size=2,
-        train_learning_rate=2e-3, image_size=[SIZE, SIZE], image_buckets_step=64, image_min_length=64,
+        network_rank=16, network_alpha=16, train_iterations=steps, train_batch_size=4,
+        train_learning_rate=3e-3, image_size=[SIZE, SIZE], image_buckets_step=64, image_min_length=64,
         train_model_precision="fp32", save_precision="fp32", train_seed=0, train_snr_gamma=5,
         save_lora_name="demo", save_overwrite=True,
     )
@@ -83,9 +114,10 @@ def run_demo(out: Path, steps: int | None = None, report: Reporter = ignore) -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = out / "tiny-sd1.safetensors"
-    if not model.exists():
-        write_tiny_model("sd1", "single-file", model, seed=0)
     images = write_demo_images(out / "images")
+    if not model.exists():
+        report(Message("demo: fitting the tiny model's VAE to the demo pictures (about 30 s)"))
+        write_tiny_model("sd1", "single-file", model, components=tiny_model_with_fitted_vae(images))
     report(Message(f"demo: tiny SD1 model {model}, {len(images)} images in {out / 'images'}"))
     config = demo_config(model, out / "images", steps or DEFAULT_STEPS)
     result = run_job(config, output_dir=out, report=report)
@@ -110,7 +142,8 @@ def render_before_after(model: Path, lora: Path, images, target: Path, report: R
     report(Message(
         f"mean pixel distance to the targets: before {_distance(before, targets):.1f}, after {_distance(after, targets):.1f}"
     ))
-    grid = labelled_grid([sources, targets, before, after], ["image", "target", "before", "after"])
+    columns = [[image.resize((CELL, CELL), Image.NEAREST) for image in column] for column in (sources, targets, before, after)]
+    grid = labelled_grid(columns, ["image", "target", "before", "after"])
     with atomic_path(target) as tmp:
         grid.save(tmp, format="PNG")
 

@@ -113,11 +113,11 @@ def _tiny_text_encoder(family: Family, index: int, tokenizer):
     return build_text_encoder(config)
 
 
-def write_tiny_model(family: Family, fmt: str, out, seed: int = 0) -> Path:
+def write_tiny_model(family: Family, fmt: str, out, seed: int = 0, components: ModelComponents | None = None) -> Path:
     """Write a tiny model as an A1111 single file (`fmt="single-file"`) or a diffusers folder.
 
     A single file `X.safetensors` gets its tokenizer(s) in `X.tokenizer/` beside it, where
-    loading looks for them.
+    loading looks for them. `components` writes a tiny model built (and perhaps tuned) elsewhere.
     """
     family, out = Family(family), Path(out)
     if fmt not in FORMATS:
@@ -126,7 +126,7 @@ def write_tiny_model(family: Family, fmt: str, out, seed: int = 0) -> Path:
     for target in {out, tokenizer_folder}:
         if target.exists():
             raise UserError(f"{target}: already exists; choose another output path or delete it first")
-    components = build_tiny_components(family, seed)
+    components = components or build_tiny_components(family, seed)
     if fmt == "single-file":
         with atomic_folder(tokenizer_folder) as tmp:  # first: the model's name appears only when it is usable
             _write_tokenizers(components, tmp)
