@@ -1,6 +1,6 @@
 import pytest
 
-from traintrain.data.buckets import BucketPlan, assign_frames, max_frames, parse_image_size, sub_frames
+from traintrain.data.buckets import BucketPlan, assign_frames, max_frames, sub_frames
 from traintrain.errors import UserError
 
 # The seed text's example: image size 768,512, buckets step 128, min length 256, max ratio 2.
@@ -10,30 +10,6 @@ SEED_SUB_FRAMES = [
     (256, 512), (384, 640), (256, 384), (384, 512), (384, 384),
     (256, 256), (512, 384), (384, 256), (640, 384), (512, 256),
 ]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "value, expected",
-    [
-        ("768,512", (768, 512)),
-        ("512,768", (512, 768)),
-        (" 768 , 512 ", (768, 512)),
-        ("768x512", (768, 512)),
-        ("512", (512, 512)),
-        (512, (512, 512)),
-        ([768, 512], (768, 512)),
-        ((512, 768), (512, 768)),
-        (["768", "512"], (768, 512)),
-    ],
-)
-def test_parse_image_size_keeps_order(value, expected):
-    assert parse_image_size(value) == expected
-
-
-@pytest.mark.parametrize("value", ["", "abc", "768,512,256", "0", "-512", "512.5", "5\u00b2", [], [768, 0], True, 512.0, None])
-def test_parse_image_size_rejects_bad_values(value):
-    with pytest.raises(UserError, match="image_size"):
-        parse_image_size(value)
 
 
 def test_seed_max_frames():

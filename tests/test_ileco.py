@@ -91,7 +91,7 @@ def test_ileco_default_previews(model, tmp_path):
 
 
 def test_ileco_file_loads_in_diffusers_with_same_outputs(model, tmp_path):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from traintrain.rendering import pipeline_from_components
 
     config = ileco_config(model, "a blue square", train_iterations=5)
     result = run_job(config, output_dir=tmp_path)
@@ -100,10 +100,7 @@ def test_ileco_file_loads_in_diffusers_with_same_outputs(model, tmp_path):
     network = AdapterNetwork(ours, prompt_only_spec(config))
     network.load_tensors(load_lora(result.path)[0])
     network.apply()
-    pipe = StableDiffusionPipeline(
-        vae=theirs.vae, text_encoder=theirs.text_encoders[0], tokenizer=theirs.tokenizers[0], unet=theirs.unet,
-        scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = pipeline_from_components(theirs)
     pipe.load_lora_weights(str(tmp_path), weight_name=result.path.name)
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, 8, 12, generator=generator)

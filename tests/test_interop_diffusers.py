@@ -2,30 +2,15 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from helpers import clone_components, randomize_network, tiny_components, unet_inputs
 from traintrain.config import ALL_BLOCK_IDS
 from traintrain.models.encoding import Conditioning
-from traintrain.models.families import NOISE_SCHEDULE, Family
+from traintrain.models.families import Family
 from traintrain.modes.denoising import unet_predict
 from traintrain.networks.kohya_format import save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
-
-
-def pipeline(components):
-    scheduler = DDIMScheduler(**NOISE_SCHEDULE, clip_sample=False)
-    if components.family == Family.SDXL:
-        return StableDiffusionXLPipeline(
-            vae=components.vae, text_encoder=components.text_encoders[0], text_encoder_2=components.text_encoders[1],
-            tokenizer=components.tokenizers[0], tokenizer_2=components.tokenizers[1], unet=components.unet,
-            scheduler=scheduler,
-        )
-    return StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoders[0], tokenizer=components.tokenizers[0],
-        unet=components.unet, scheduler=scheduler, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
+from traintrain.rendering import pipeline_from_components
 
 
 def outputs(components):
@@ -65,7 +50,7 @@ def test_file_loads_in_diffusers_with_same_outputs(tmp_path, family, network_typ
         assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight" in tensors
         assert any(k.startswith("lora_te2_text_model_encoder_layers_1_") for k in tensors)
     save_lora(path, tensors, {"ss_network_module": "networks.lora"})
-    pipe = pipeline(theirs)
+    pipe = pipeline_from_components(theirs)
     pipe.load_lora_weights(str(tmp_path), weight_name=path.name, adapter_name="t")
     their_unet, their_texts = outputs(theirs)
     assert (their_unet - our_unet).abs().max() < 1e-4

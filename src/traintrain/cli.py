@@ -9,7 +9,6 @@ second aborts at once without saving).
 from __future__ import annotations
 
 import argparse
-import enum
 import errno
 import signal
 import sys
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
-from traintrain.config import TrainConfig
+from traintrain.config import Choice, TrainConfig, parameter_types
 from traintrain.errors import UserError
 
 EXIT_BAD_INPUT = 2
@@ -36,27 +35,19 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _parameter_table() -> str:
     lines = ["parameters for --set KEY=VALUE (and preset/config JSON keys):"]
+    defaults = TrainConfig().to_json_dict()
+    types = parameter_types()
     for f in fields(TrainConfig):
         if f.name == "second_pass":
             continue
-        default = f.default if f.default is not dataclasses_missing() else f.default_factory()
-        if isinstance(default, enum.Enum):
-            default = default.value
+        default = defaults[f.name]
         if isinstance(default, list):
             default = ",".join(str(v) for v in default)
-        choices = ""
-        enum_cls = getattr(sys.modules["traintrain.config"], str(f.type), None)
-        if isinstance(enum_cls, type) and issubclass(enum_cls, enum.Enum):
-            choices = " {" + "|".join(m.value for m in enum_cls) + "}"
+        kind = types[f.name]
+        choices = " {" + "|".join(m.value for m in kind) + "}" if isinstance(kind, type) and issubclass(kind, Choice) else ""
         lines.append(f"  {f.name}{choices}\n      {f.metadata['help']} (default: {default!s:.60})")
     lines.append("lists are comma-separated (network_blocks=IN01,OUT03); booleans are true/false.")
     return "\n".join(lines)
-
-
-def dataclasses_missing():
-    import dataclasses
-
-    return dataclasses.MISSING
 
 
 def build_parser() -> argparse.ArgumentParser:

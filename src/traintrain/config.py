@@ -9,103 +9,36 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import json
-import math
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from traintrain.errors import UserError
-
-
-class Choice(str, enum.Enum):
-    """An enum whose values are matched case-insensitively from user text."""
-
-    @classmethod
-    def parse(cls, text: str, field_name: str):
-        wanted = str(text).strip().lower()
-        for member in cls:
-            if member.value.lower() == wanted:
-                return member
-        allowed = ", ".join(m.value for m in cls)
-        raise UserError(f"{field_name}: '{text}' is not one of: {allowed}")
-
-
-class Mode(Choice):
-    LORA = "LoRA"
-    ILECO = "iLECO"
-    DIFFERENCE = "Difference"
-    ADDIFT = "ADDifT"
-    MULTI_ADDIFT = "Multi-ADDifT"
-
-
-class NetworkType(Choice):
-    LIERLA = "lierla"
-    C3LIER = "c3lier"
-    LOHA = "loha"
-    LOKR = "lokr"
-
-
-class NetworkElement(Choice):
-    FULL = "Full"
-    CROSS_ATTENTION = "CrossAttention"
-    SELF_ATTENTION = "SelfAttention"
-
-
-class Optimizer(Choice):
-    ADAMW = "AdamW"
-    ADAMW8BIT = "AdamW8bit"
-    ADAM8BIT = "Adam8bit"
-    LION = "Lion"
-    LION8BIT = "Lion8bit"
-    PAGED_ADAMW8BIT = "PagedAdamW8bit"
-    SGD_NESTEROV = "SGDNesterov"
-    SGD_NESTEROV8BIT = "SGDNesterov8bit"
-    ADAFACTOR = "AdaFactor"
-    PRODIGY = "Prodigy"
-    DADAPT_ADAM = "DAdaptAdam"
-    DADAPT_LION = "DAdaptLion"
-    DADAPT_ADAGRAD = "DAdaptAdaGrad"
-    DADAPT_ADAN = "DAdaptAdan"
-    DADAPT_SGD = "DAdaptSGD"
-    ADAMW_SCHEDULE_FREE = "AdamWScheduleFree"
-    RADAM_SCHEDULE_FREE = "RAdamScheduleFree"
-    SGD_SCHEDULE_FREE = "SGDScheduleFree"
-    CAME = "CAME"
-
-
-class LRScheduler(Choice):
-    COSINE = "cosine"
-    COSINE_WITH_RESTARTS = "cosine_with_restarts"
-    LINEAR = "linear"
-    POLYNOMIAL = "polynomial"
-    CONSTANT = "constant"
-    CONSTANT_WITH_WARMUP = "constant_with_warmup"
-    PIECEWISE_CONSTANT = "piecewise_constant"
-    STEP = "step"
-
-
-class LossFunction(Choice):
-    MSE = "MSE"
-    L1 = "L1"
-    SMOOTH_L1 = "smooth_L1"
-
-
-class NanPolicy(Choice):
-    STOP = "stop"
-    SKIP = "skip"
-
-
-class Precision(Choice):
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
-
-
-UNET_BLOCK_IDS = tuple(
-    [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
+from traintrain.choices import (  # noqa: F401 (the choices are part of the configuration's vocabulary)
+    ALL_BLOCK_IDS,
+    UNET_BLOCK_IDS,
+    Choice,
+    LossFunction,
+    LRScheduler,
+    Mode,
+    NanPolicy,
+    NetworkElement,
+    NetworkType,
+    Optimizer,
+    Precision,
 )
-ALL_BLOCK_IDS = ("BASE",) + UNET_BLOCK_IDS
+from traintrain.errors import UserError
+from traintrain.value_parsing import (
+    json_type,
+    parse_bool,
+    parse_choice,
+    parse_image_size,
+    parse_names,
+    parse_number,
+    parse_text,
+)
 
 
 def _param(default, help: str, *, minimum=None, maximum=None, choices=None, factory=None):
@@ -271,12 +204,12 @@ class TrainConfig:
     @classmethod
     def from_json_dict(cls, data: dict, *, source: str = "settings") -> "TrainConfig":
         if not isinstance(data, dict):
-            raise UserError(f"{source}: expected a JSON object of parameters, got {_json_type(data)}")
+            raise UserError(f"{source}: expected a JSON object of parameters, got {json_type(data)}")
         values = _normalise_keys(data, source)
         second = values.pop("second_pass", None)
         if second is not None:
             if not isinstance(second, dict):
-                raise UserError(f"{source}: '2nd pass' must be an object of parameters, got {_json_type(second)}")
+                raise UserError(f"{source}: '2nd pass' must be an object of parameters, got {json_type(second)}")
             second = _normalise_keys(second, f"{source} '2nd pass'")
             second.pop("second_pass", None)
             # Only keep what really differs from pass 1; the rest is inherited.
@@ -357,130 +290,29 @@ def _field_named(name: str, source: str = "parameter"):
     raise UserError(f"{source}: unknown parameter '{name}'{hint}")
 
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off", ""}
+@functools.cache
+def parameter_types() -> dict[str, type]:
+    """Each field's real type (the annotations are strings under `from __future__ import annotations`)."""
+    return typing.get_type_hints(TrainConfig)
 
 
 def _coerce(f, value: Any):
     """Turn user text or JSON values into the field's type, checking range and choices."""
-    name, kind = f.name, f.type
-    meta = f.metadata
-    if kind == "str":
-        if value is None:
-            return ""
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise UserError(f"{name}: expected text, got {_json_type(value)}")
-        return str(value)
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if not isinstance(value, (str, int)):
-            raise UserError(f"{name}: expected true or false, got {_json_type(value)}")
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise UserError(f"{name}: '{value}' is not a boolean; use true or false")
-    if kind in ("int", "float"):
-        return _number(name, value, int if kind == "int" else float, meta)
-    if kind == "list[str]":
-        items = _as_list(name, value)
-        allowed = meta["choices"]
-        result = []
-        for item in items:
-            if not isinstance(item, str):
-                raise UserError(f"{name}: expected names in the list, got {_json_type(item)}")
-            upper = item.strip().upper()
-            if allowed and upper not in allowed:
-                raise UserError(f"{name}: '{item}' is not one of: {', '.join(allowed)}")
-            if upper not in result:
-                result.append(upper)
-        return result
-    if kind == "list[int]":
-        return _image_size(name, value)
-    if kind == "dict":
+    name, kind, meta = f.name, parameter_types()[f.name], f.metadata
+    if kind is str:
+        return parse_text(name, value)
+    if kind is bool:
+        return parse_bool(name, value)
+    if kind in (int, float):
+        return parse_number(name, value, kind, meta)
+    if kind == list[str]:
+        return parse_names(name, value, meta["choices"])
+    if kind == list[int]:
+        return parse_image_size(name, value)
+    if kind is dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise UserError(f"{name}: expected an object of parameters, got {_json_type(value)}")
+            raise UserError(f"{name}: expected an object of parameters, got {json_type(value)}")
         return {k: _coerce(_field_named(k), v) for k, v in value.items() if k != "second_pass"}
-    enum_cls = globals()[kind]
-    if isinstance(value, enum_cls):
-        return value
-    if not isinstance(value, str):
-        raise UserError(f"{name}: expected one of {', '.join(m.value for m in enum_cls)}, got {_json_type(value)}")
-    return enum_cls.parse(value, name)
-
-
-def _json_type(value) -> str:
-    """A value's type in the words of JSON, which is what users edit."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {dict: "an object", list: "a list", tuple: "a list", str: "text", int: "a number", float: "a number"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _number(name, value, cast, meta):
-    if isinstance(value, bool):
-        raise UserError(f"{name}: expected a number, got a boolean")
-    if isinstance(value, str):
-        text = value.strip()
-        if text == "":
-            raise UserError(f"{name}: expected a number, got an empty value")
-        try:
-            value = float(text)
-        except ValueError:
-            raise UserError(f"{name}: '{value}' is not a number")
-    if not isinstance(value, (int, float)):
-        raise UserError(f"{name}: expected a number, got {_json_type(value)}")
-    if not math.isfinite(value):
-        raise UserError(f"{name}: expected a finite number, got {value}")
-    if cast is int:
-        if float(value) != int(value):
-            raise UserError(f"{name}: expected a whole number, got {value}")
-        value = int(value)
-    else:
-        value = float(value)
-    low, high = meta.get("minimum"), meta.get("maximum")
-    if low is not None and value < low:
-        raise UserError(f"{name}: {value} is below the minimum {low}")
-    if high is not None and value > high:
-        raise UserError(f"{name}: {value} is above the maximum {high}")
-    return value
-
-
-def _as_list(name, value) -> list:
-    if isinstance(value, str):
-        return [part for part in (p.strip() for p in value.split(",")) if part]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    raise UserError(f"{name}: expected a comma-separated list, got {_json_type(value)}")
-
-
-def _whole(value) -> int:
-    """A pixel count from JSON or text: 512, 512.0 or "512"; anything else is a ValueError."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(value)
-    return int(str(value).strip())
-
-
-def _image_size(name, value) -> list[int]:
-    """height,width in pixels; one value means a square; the order the user gave is kept."""
-    items = [value] if isinstance(value, int) and not isinstance(value, bool) else _as_list(name, value)
-    try:
-        sizes = [_whole(v) for v in items]
-    except ValueError:
-        raise UserError(f"{name}: '{value}' is not height,width in pixels (e.g. 768,512 or 512)")
-    if len(sizes) == 1:
-        sizes = sizes * 2
-    if len(sizes) != 2 or min(sizes) < 64 or any(s % 8 for s in sizes):
-        raise UserError(
-            f"{name}: '{value}' must be height,width (or one value) of multiples of 8, at least 64"
-        )
-    return sizes
+    return parse_choice(name, value, kind)

@@ -8,7 +8,6 @@ is ``(height, width)`` because that order matters to iLECO (it draws its latent 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -17,40 +16,6 @@ from traintrain.errors import UserError
 
 Frame = tuple[int, int]
 """A bucket size as (width, height) in pixels."""
-
-
-def parse_image_size(value: object) -> tuple[int, int]:
-    """Read the `image_size` setting as (height, width); one value means a square.
-
-    The order is kept as given (the original sorted it, which broke non-square iLECO).
-    """
-    if isinstance(value, str):
-        parts: Sequence[object] = [p for p in re.split(r"[,xX\s]+", value.strip()) if p]
-    elif isinstance(value, (list, tuple)):
-        parts = value
-    else:
-        parts = [value]
-    sizes = [_positive_int(part, value) for part in parts]
-    if len(sizes) not in (1, 2):
-        raise _bad_image_size(value)
-    return (sizes[0], sizes[-1])
-
-
-def _positive_int(part: object, whole: object) -> int:
-    if isinstance(part, bool):
-        raise _bad_image_size(whole)
-    if isinstance(part, str) and part.strip().isdecimal():
-        part = int(part)
-    if not isinstance(part, int) or part <= 0:
-        raise _bad_image_size(whole)
-    return part
-
-
-def _bad_image_size(value: object) -> UserError:
-    return UserError(
-        f"image_size {value!r} is not a size: give 'height,width' (e.g. 768,512) "
-        "or one number for a square, in positive whole pixels"
-    )
 
 
 def _check_grid(step: int, min_length: int, max_ratio: float) -> None:

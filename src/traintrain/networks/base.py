@@ -8,13 +8,18 @@ keeps the copier applied under the difference LoRA) and each can be removed agai
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
-class AdapterModule(nn.Module):
-    """Base of LoRA, LoHa and LoKr modules: `forward = org(x) + delta(x)`."""
+class AdapterModule(nn.Module, abc.ABC):
+    """Base of LoRA, LoHa and LoKr modules: `forward = org(x) + delta(x)`.
+
+    Abstract: each algorithm defines `delta` and `saved_tensors`; the base cannot be instantiated.
+    """
 
     # Tensors that each get sqrt(network_strength) when saving, so the whole update scales by it.
     strength_tensors: tuple[str, ...] = ()
@@ -49,12 +54,13 @@ class AdapterModule(nn.Module):
             return out
         return out + self.delta(x).to(out.dtype)
 
+    @abc.abstractmethod
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The adapter's contribution to the layer's output for input x."""
 
+    @abc.abstractmethod
     def saved_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors under their file suffixes (`alpha` included)."""
-        raise NotImplementedError
 
     def load_saved_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy a file's tensors in; every suffix but alpha must be there with the same shape."""
@@ -73,9 +79,9 @@ class AdapterModule(nn.Module):
 class WeightDeltaModule(AdapterModule):
     """An adapter that builds a full weight update dW (LoHa, LoKr) and applies it as the layer would."""
 
+    @abc.abstractmethod
     def delta_weight(self) -> torch.Tensor:
         """dW * alpha / rank in the layer's weight shape."""
-        raise NotImplementedError
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.delta_weight() * self.multiplier

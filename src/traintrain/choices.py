@@ -1,0 +1,97 @@
+"""The closed sets of values parameters may take, matched case-insensitively from user text."""
+
+from __future__ import annotations
+
+import enum
+
+from traintrain.errors import UserError
+
+
+class Choice(str, enum.Enum):
+    """An enum whose values are matched case-insensitively from user text."""
+
+    @classmethod
+    def parse(cls, text: str, field_name: str):
+        wanted = str(text).strip().lower()
+        for member in cls:
+            if member.value.lower() == wanted:
+                return member
+        allowed = ", ".join(m.value for m in cls)
+        raise UserError(f"{field_name}: '{text}' is not one of: {allowed}")
+
+
+class Mode(Choice):
+    LORA = "LoRA"
+    ILECO = "iLECO"
+    DIFFERENCE = "Difference"
+    ADDIFT = "ADDifT"
+    MULTI_ADDIFT = "Multi-ADDifT"
+
+
+class NetworkType(Choice):
+    LIERLA = "lierla"
+    C3LIER = "c3lier"
+    LOHA = "loha"
+    LOKR = "lokr"
+
+
+class NetworkElement(Choice):
+    FULL = "Full"
+    CROSS_ATTENTION = "CrossAttention"
+    SELF_ATTENTION = "SelfAttention"
+
+
+class Optimizer(Choice):
+    ADAMW = "AdamW"
+    ADAMW8BIT = "AdamW8bit"
+    ADAM8BIT = "Adam8bit"
+    LION = "Lion"
+    LION8BIT = "Lion8bit"
+    PAGED_ADAMW8BIT = "PagedAdamW8bit"
+    SGD_NESTEROV = "SGDNesterov"
+    SGD_NESTEROV8BIT = "SGDNesterov8bit"
+    ADAFACTOR = "AdaFactor"
+    PRODIGY = "Prodigy"
+    DADAPT_ADAM = "DAdaptAdam"
+    DADAPT_LION = "DAdaptLion"
+    DADAPT_ADAGRAD = "DAdaptAdaGrad"
+    DADAPT_ADAN = "DAdaptAdan"
+    DADAPT_SGD = "DAdaptSGD"
+    ADAMW_SCHEDULE_FREE = "AdamWScheduleFree"
+    RADAM_SCHEDULE_FREE = "RAdamScheduleFree"
+    SGD_SCHEDULE_FREE = "SGDScheduleFree"
+    CAME = "CAME"
+
+
+class LRScheduler(Choice):
+    COSINE = "cosine"
+    COSINE_WITH_RESTARTS = "cosine_with_restarts"
+    LINEAR = "linear"
+    POLYNOMIAL = "polynomial"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    PIECEWISE_CONSTANT = "piecewise_constant"
+    STEP = "step"
+
+
+class LossFunction(Choice):
+    MSE = "MSE"
+    L1 = "L1"
+    SMOOTH_L1 = "smooth_L1"
+
+
+class NanPolicy(Choice):
+    STOP = "stop"
+    SKIP = "skip"
+
+
+class Precision(Choice):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+UNET_BLOCK_IDS = tuple(
+    [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
+)
+ALL_BLOCK_IDS = ("BASE",) + UNET_BLOCK_IDS

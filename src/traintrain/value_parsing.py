@@ -1,0 +1,126 @@
+"""Reading parameter values from user text or JSON, with errors in the user's words (JSON types)."""
+
+from __future__ import annotations
+
+import math
+
+from traintrain.errors import UserError
+
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off", ""}
+
+
+def parse_text(name, value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserError(f"{name}: expected text, got {json_type(value)}")
+    return str(value)
+
+
+def parse_bool(name, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, (str, int)):
+        raise UserError(f"{name}: expected true or false, got {json_type(value)}")
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise UserError(f"{name}: '{value}' is not a boolean; use true or false")
+
+
+def parse_names(name, value, allowed) -> list[str]:
+    """Upper-cased names from a list or comma-separated text, each one of `allowed`, without repeats."""
+    result = []
+    for item in parse_list(name, value):
+        if not isinstance(item, str):
+            raise UserError(f"{name}: expected names in the list, got {json_type(item)}")
+        upper = item.strip().upper()
+        if allowed and upper not in allowed:
+            raise UserError(f"{name}: '{item}' is not one of: {', '.join(allowed)}")
+        if upper not in result:
+            result.append(upper)
+    return result
+
+
+def parse_choice(name, value, choice_cls):
+    if isinstance(value, choice_cls):
+        return value
+    if not isinstance(value, str):
+        raise UserError(f"{name}: expected one of {', '.join(m.value for m in choice_cls)}, got {json_type(value)}")
+    return choice_cls.parse(value, name)
+
+
+def json_type(value) -> str:
+    """A value's type in the words of JSON, which is what users edit."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", tuple: "a list", str: "text", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def parse_number(name, value, cast, meta):
+    if isinstance(value, bool):
+        raise UserError(f"{name}: expected a number, got a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "":
+            raise UserError(f"{name}: expected a number, got an empty value")
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{name}: '{value}' is not a number")
+    if not isinstance(value, (int, float)):
+        raise UserError(f"{name}: expected a number, got {json_type(value)}")
+    if not math.isfinite(value):
+        raise UserError(f"{name}: expected a finite number, got {value}")
+    if cast is int:
+        if float(value) != int(value):
+            raise UserError(f"{name}: expected a whole number, got {value}")
+        value = int(value)
+    else:
+        value = float(value)
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if low is not None and value < low:
+        raise UserError(f"{name}: {value} is below the minimum {low}")
+    if high is not None and value > high:
+        raise UserError(f"{name}: {value} is above the maximum {high}")
+    return value
+
+
+def parse_list(name, value) -> list:
+    if isinstance(value, str):
+        return [part for part in (p.strip() for p in value.split(",")) if part]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise UserError(f"{name}: expected a comma-separated list, got {json_type(value)}")
+
+
+def whole_pixels(value) -> int:
+    """A pixel count from JSON or text: 512, 512.0 or "512"; anything else is a ValueError."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(value)
+    return int(str(value).strip())
+
+
+def parse_image_size(name, value) -> list[int]:
+    """height,width in pixels; one value means a square; the order the user gave is kept."""
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else parse_list(name, value)
+    try:
+        sizes = [whole_pixels(v) for v in items]
+    except ValueError:
+        raise UserError(f"{name}: '{value}' is not height,width in pixels (e.g. 768,512 or 512)")
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 64 or any(s % 8 for s in sizes):
+        raise UserError(
+            f"{name}: '{value}' must be height,width (or one value) of multiples of 8, at least 64"
+        )
+    return sizes
