@@ -32,6 +32,9 @@ CHANGED = {
     "train_optimizer_settings": "weight_decay=0.1; betas=0.9,0.99", "train_vae_precision": "bf16",
     "train_loss_function": "smooth_L1", "train_noise_offset": 0.05, "logging_tensorboard": True,
     "train_nan_policy": "skip", "train_nan_skip_limit": 3,
+    "image_use_filename_as_tag": True, "image_use_transparent_background_ajust": True,
+    "gradient_accumulation_steps": 4, "train_fixed_timsteps_in_batch": True, "gen_noise_scheduler": "Euler a",
+    "network_train_text_encoder": True, "diff_use_fixed_noise": True,
 }
 
 
@@ -115,7 +118,10 @@ def test_original_extension_presets_load():
 
 
 def test_shipped_presets():
-    assert preset_names() == ["Difference", "Difference_Use2ndPass", "LoRA", "iLECO"]
+    assert preset_names() == [
+        "ADDifT_Action_SD1.5", "ADDifT_Action_XL", "ADDifT_Style_SD1.5", "ADDifT_Style_XL",
+        "Difference", "Difference_Use2ndPass", "LoRA", "iLECO",
+    ]
     lora, ileco = load_preset("lora"), load_preset("iLECO")
     diff, diff2 = load_preset("Difference"), load_preset("Difference_Use2ndPass")
     assert (lora.network_rank, lora.network_alpha, lora.train_iterations, lora.train_learning_rate) == (16, 8, 1000, 1e-4)
@@ -125,6 +131,40 @@ def test_shipped_presets():
     assert diff2.for_second_pass().train_learning_rate == 1e-4
     with pytest.raises(UserError, match="unknown preset"):
         load_preset("nope")
+
+
+@pytest.mark.parametrize("name, lr, strength, timesteps, revert", [
+    ("ADDifT_Action_SD1.5", 1e-4, 1.0, (500, 1000), False),
+    ("ADDifT_Action_XL", 2e-4, 1.0, (500, 1000), False),
+    ("ADDifT_Style_SD1.5", 5e-5, 5.0, (200, 400), True),
+    ("ADDifT_Style_XL", 2e-4, 2.0, (200, 400), True),
+])
+def test_shipped_addift_presets(name, lr, strength, timesteps, revert):
+    """The original's ADDifT presets: rank 4 / alpha 1, CAME, batch 1, the settings saved as JSON."""
+    preset = load_preset(name)
+    assert preset.mode == "ADDifT" and preset.save_lora_name == name.replace("XL", "SDXL")
+    assert (preset.network_rank, preset.network_alpha, preset.train_batch_size) == (4, 1.0, 1)
+    assert preset.train_optimizer.value == "CAME" and preset.save_as_json
+    assert (preset.train_learning_rate, preset.network_strength) == (lr, strength)
+    assert (preset.train_min_timesteps, preset.train_max_timesteps) == timesteps
+    assert preset.diff_revert_original_target is revert
+    assert ("BASE" in preset.network_blocks) is name.endswith("SD1.5")  # the XL ones leave the text encoders alone
+
+
+def test_original_options_in_legacy_presets_take_effect():
+    legacy = {
+        "mode": "ADDifT", "train_textencoder_learning_rate": "", "image_use_filename_as_tag": True,
+        "image_use_transparent_background_ajust": True, "diff_use_fixed_noise": True,
+        "train_fixed_timsteps_in_batch": True, "gradient_accumulation_steps": "3", "gen_noise_scheduler": "Euler a",
+        "network_train_text_encoder": True,
+    }
+    c = TrainConfig.from_json_dict(legacy)
+    assert c.train_textencoder_learning_rate == 0.0  # "" = unset in the original
+    assert c.image_use_filename_as_tag and c.image_use_transparent_background_ajust and c.diff_use_fixed_noise
+    assert c.train_fixed_timsteps_in_batch and c.network_train_text_encoder
+    assert c.gradient_accumulation_steps == 3 and c.gen_noise_scheduler.value == "Euler a"
+    with pytest.raises(UserError, match="gradient_accumulation_steps"):
+        TrainConfig(gradient_accumulation_steps=0)
 
 
 def test_bad_json_file(tmp_path):

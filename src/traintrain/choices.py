@@ -91,6 +91,25 @@ class Precision(Choice):
     FP16 = "fp16"
 
 
+class NoiseScheduler(Choice):
+    """Samplers for preview images: the original's list (its spelling), plus DPM++ 2M (Karras) and UniPC."""
+
+    DDIM = "DDIM"
+    DDPM = "DDPM"
+    PNDM = "PNDM"
+    LMS = "LMS"
+    EULER = "Euler"
+    EULER_A = "Euler a"
+    DPM_SOLVER = "DPMSolver"
+    DPM_SINGLE = "DPMsingle"
+    HEUN = "Heun"
+    DPM_2 = "DPM 2"
+    DPM_2_A = "DPM 2 a"
+    DPM_PP_2M = "DPM++ 2M"
+    DPM_PP_2M_KARRAS = "DPM++ 2M Karras"
+    UNIPC = "UniPC"
+
+
 UNET_BLOCK_IDS = tuple(
     [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 )

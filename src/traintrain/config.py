@@ -26,6 +26,7 @@ from traintrain.choices import (  # noqa: F401 (the choices are part of the conf
     NanPolicy,
     NetworkElement,
     NetworkType,
+    NoiseScheduler,
     Optimizer,
     Precision,
 )
@@ -119,6 +120,12 @@ class TrainConfig:
         False, "never enlarge images: an image only goes to frames it covers (none left = skipped)"
     )
     image_alpha_mask: bool = _param(True, "use a transparent image's alpha as loss weight (transparent = not learned)")
+    image_use_filename_as_tag: bool = _param(
+        False, "caption each image with its file name (a_red_car_001.png -> 'a, red, car') instead of its caption file"
+    )
+    image_use_transparent_background_ajust: bool = _param(
+        False, "composite transparent images onto white before encoding, not their hidden colours (alpha still masks)"
+    )
     latent_cache_dir: str = _param("", "folder for cached VAE latents reused by later runs (empty = in memory only)")
     # --- networks and model families ---
     network_strength: float = _param(1.0, "multiply the saved update by this (sqrt on two factors)", minimum=0.0)
@@ -137,6 +144,10 @@ class TrainConfig:
         NanPolicy.STOP, "a non-finite loss or gradient: stop (keeping the last save) or skip the step"
     )
     train_nan_skip_limit: int = _param(10, "with train_nan_policy=skip: stop after this many skipped steps", minimum=0)
+    gradient_accumulation_steps: int = _param(
+        1, "sum the gradients of this many batches per optimizer step (effective batch = batch size x this)", minimum=1
+    )
+    train_fixed_timsteps_in_batch: bool = _param(False, "all samples of a batch share one timestep")
     # --- modes: iLECO, Difference, ADDifT, previews ---
     diff_alt_ratio: float = _param(1.0, "ADDifT: strength of the swapped (reverse) step; negative = pure noise there")
     diff_revert_original_target: bool = _param(False, "Difference/ADDifT: swap the original and target images")
@@ -145,6 +156,13 @@ class TrainConfig:
     preview_prompts: str = _param("", "prompts for preview images, separated by ';' or new lines")
     preview_every_steps: int = _param(0, "also render previews every N steps (0 = only at the end)", minimum=0)
     preview_sampling_steps: int = _param(20, "sampling steps of preview images", minimum=1, maximum=150)
+    gen_noise_scheduler: NoiseScheduler = _param(NoiseScheduler.DDIM, "sampler of preview images (LMS needs scipy)")
+    network_train_text_encoder: bool = _param(
+        False, "iLECO: also train the text encoder (BASE): the Original prompt is encoded every step with the LoRA on"
+    )
+    diff_use_fixed_noise: bool = _param(
+        False, "Difference/ADDifT: one noise drawn once from the seed, reused every step, instead of fresh noise"
+    )
     second_pass: dict = _param(None, "Difference: parameters that differ in pass 2", factory=dict)
 
     def __post_init__(self):
@@ -259,14 +277,16 @@ LEGACY_KEYS = {
     "2nd pass": "second_pass",
 }
 # Keys the original writes that have no effect here (their features are not part of TrainTrain).
-IGNORED_LEGACY_KEYS = {"train_fixed_timsteps_in_batch", "vae"}
+IGNORED_LEGACY_KEYS = {"vae"}
+# Number fields the original writes as "" when unset; "" there means the default.
+LEGACY_EMPTY_MEANS_DEFAULT = {"train_textencoder_learning_rate"}
 
 
 def _normalise_keys(data: dict, source: str) -> dict:
     values = {}
     for key, value in data.items():
         name = LEGACY_KEYS.get(key, key)
-        if name in IGNORED_LEGACY_KEYS:
+        if name in IGNORED_LEGACY_KEYS or (name in LEGACY_EMPTY_MEANS_DEFAULT and value == ""):
             continue
         _field_named(name, source=source)
         values[name] = value
