@@ -55,14 +55,14 @@ def test_addift_runs_saves_and_masks_only_the_changed_region(model, tmp_path):
     assert result.path.is_file() and len(result.losses) == 6
     tensors, meta = load_lora(result.path)
     assert meta["traintrain_mode"] == "ADDifT" and not any(k.startswith("lora_te") for k in tensors)
-    mask = result.details["samples"][0].mask
+    mask = result.outcome.extras["samples"][0].mask
     assert mask.shape == (1, 8, 8)
     assert mask[0, :4, :4].max() == 0  # top-left: identical in both images
     assert mask[0, 4:6, 4:7].min() == 1  # the eyes
 
     unmasked = run_job(config.with_values(diff_use_diff_mask=False, save_lora_name="plain"), output_dir=tmp_path / "out")
     assert result.losses[0] != unmasked.losses[0]  # the mask reaches the loss
-    assert unmasked.details["samples"][0].mask is None
+    assert unmasked.outcome.extras["samples"][0].mask is None
 
 
 def test_multi_addift_pairs_with_captions(model, tmp_path):
@@ -77,7 +77,7 @@ def test_multi_addift_pairs_with_captions(model, tmp_path):
     assert [(o.name, t.name) for o, t in find_pairs(data, "_target")] == [("a.png", "a_target.png"), ("b.PNG", "b_target.webp")]
     config = config_for(model, mode="Multi-ADDifT", lora_data_directory=str(data), lora_trigger_word="tt", image_mirroring=True)
     result = run_job(config, output_dir=tmp_path / "out")
-    captions = [s.caption for s in result.details["samples"]]
+    captions = [s.caption for s in result.outcome.extras["samples"]]
     assert captions == ["tt, eyes open", "tt, eyes open", "tt", "tt"]
     assert result.path.is_file()
 
@@ -91,6 +91,6 @@ def test_multi_addift_without_pairs_is_an_error(model, tmp_path):
 def test_revert_swaps_original_and_target(model, tmp_path):
     original, target = picture(tmp_path / "open.png", False), picture(tmp_path / "closed.png", True)
     config = config_for(model, mode="ADDifT", original_image=str(original), target_image=str(target), train_iterations=1)
-    forward = run_job(config, output_dir=tmp_path / "a").details["samples"][0]
-    backward = run_job(config.with_values(diff_revert_original_target=True), output_dir=tmp_path / "b").details["samples"][0]
+    forward = run_job(config, output_dir=tmp_path / "a").outcome.extras["samples"][0]
+    backward = run_job(config.with_values(diff_revert_original_target=True), output_dir=tmp_path / "b").outcome.extras["samples"][0]
     assert torch.allclose(forward.original, backward.target, atol=1e-2) and torch.allclose(forward.target, backward.original, atol=1e-2)

@@ -6,7 +6,8 @@ import torch
 from traintrain.config import TrainConfig
 from traintrain.data.dataset import BucketBatches, Sample
 from traintrain.training.checkpoint import Checkpoints, SeededRandom, load_state
-from traintrain.training.loop import TrainingStopped, TrainingTask, run_loop
+from traintrain.errors import TrainingStopped
+from traintrain.training.loop import TrainingTask, run_loop
 
 
 def run(tmp_path, config, resumed=None, stop_at=None):

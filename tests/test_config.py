@@ -3,7 +3,7 @@ from dataclasses import fields
 
 import pytest
 
-from traintrain.config import ALL_BLOCK_IDS, LRScheduler, Mode, NetworkType, TrainConfig
+from traintrain.config import ALL_BLOCK_IDS, LRScheduler, NetworkType, TrainConfig
 from traintrain.errors import UserError
 from traintrain.presets import load_preset, preset_names
 
@@ -93,7 +93,7 @@ def test_text_values_are_parsed_like_the_command_line():
     c = TrainConfig().with_values(
         mode="ileco", network_blocks="in01, OUT03", image_size="768,512", image_mirroring="true", train_learning_rate="5e-4"
     )
-    assert c.mode == Mode.ILECO and c.network_blocks == ["IN01", "OUT03"]
+    assert c.mode == "iLECO" and c.network_blocks == ["IN01", "OUT03"]
     assert c.image_size == [768, 512] and c.image_mirroring is True and c.train_learning_rate == 5e-4
 
 

@@ -67,14 +67,13 @@ def trained(setup):
 
 def test_copier_learns_the_original(trained):
     _, result = trained
-    d = result.details
-    components_unet = d["network"]  # noqa: F841 (networks are still hooked into the model)
+    d = result.outcome.extras
     assert d["copier_losses"][-20:] and sum(d["copier_losses"][-20:]) / 20 < sum(d["copier_losses"][:20]) / 20
 
 
 def test_difference_moves_denoised_original_toward_target(trained):
     config, result = trained
-    d = result.details
+    d = result.outcome.extras
     from traintrain.models.loading import load_model
     from traintrain.networks.network import AdapterNetwork
     from traintrain.modes.common import prompt_only_spec
@@ -115,9 +114,9 @@ def test_loaded_copier_equals_trained_copier(setup, trained, tmp_path):
         config.with_values(diff_load_1st_pass=str(copy_file), diff_save_1st_pass=False, save_lora_name="again", train_iterations=1),
         output_dir=tmp_path,
     )
-    trained_copier = result.details["copier"].tensors_for_save(torch.float32)
-    loaded_copier = loaded.details["copier"].tensors_for_save(torch.float32)
-    assert loaded.details["copier_losses"] == []  # really loaded, not trained from zero
+    trained_copier = result.outcome.copier.tensors_for_save(torch.float32)
+    loaded_copier = loaded.outcome.copier.tensors_for_save(torch.float32)
+    assert loaded.outcome.extras["copier_losses"] == []  # really loaded, not trained from zero
     assert all(torch.equal(trained_copier[k], loaded_copier[k]) for k in trained_copier)
 
 

@@ -85,8 +85,8 @@ def test_ileco_default_previews(model, tmp_path):
 
     config = ileco_config(model, "a blue square", train_iterations=2, preview_sampling_steps=2)
     result = run_job(config, output_dir=tmp_path)
-    preview = Image.open(result.details["preview"])
-    assert result.details["preview"] == tmp_path / "ileco_preview.png"
+    preview = Image.open(result.outcome.preview)
+    assert result.outcome.preview == tmp_path / "ileco_preview.png"
     assert preview.size == (3 * 96, 18 + 2 * 64)  # multipliers -1, 0, +1 x (original, target) prompts
 
 

@@ -45,7 +45,7 @@ def test_ctrl_c_saves_a_loadable_lora_and_a_state_that_resumes(tmp_path, capsys)
     assert process.wait(timeout=60) == EXIT_INTERRUPTED
     reader.join(timeout=10)
     err = b"".join(chunks).decode(errors="replace")
-    found = re.search(r"traintrain: stopped at LoRA step (\d+) of 30: saved (\S+) and (\S+); continue with: "
+    found = re.search(r"traintrain: stopped at LoRA step (\d+) of 30: saved (\S+) and the resumable state (\S+); continue with: "
                       r"traintrain train --resume (\S+)", err)
     assert found, err
     step = int(found.group(1))

@@ -11,7 +11,7 @@ from traintrain.cli import EXIT_DIVERGED, main
 from traintrain.jobs.runner import run_job
 from traintrain.networks.kohya_format import load_lora
 from traintrain.training.events import Message, Saved
-from traintrain.training.loop import NonFiniteLoss
+from traintrain.errors import NonFiniteLoss
 
 
 class NanGradient(torch.autograd.Function):

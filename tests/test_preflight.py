@@ -9,11 +9,11 @@ from PIL import Image
 from job_helpers import tiny_job
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
-from traintrain.jobs.outputs import planned_files
+from traintrain.modes.registry import get_mode
 from traintrain.jobs.runner import run_job
 from traintrain.models.loading import read_weight_shapes
 from traintrain.models.tiny import write_tiny_model
-from traintrain.training.preflight import check_images, check_latent_cache_dir
+from traintrain.training.preflight import check_latent_cache_dir
 from traintrain.training.saving import lora_size_bound
 
 
@@ -25,6 +25,10 @@ def no_model_load(monkeypatch):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("traintrain.models.loading.load_model", refuse)
+
+
+def planned_files(config):
+    return get_mode(config.mode).planned_files(config)
 
 
 def test_planned_files_name_every_save():
@@ -105,7 +109,8 @@ def test_images_pass_when_one_decodes(tmp_path):
     folder.mkdir()
     (folder / "a.png").write_bytes(b"broken")
     Image.new("RGB", (8, 8)).save(folder / "b.png")
-    check_images(TrainConfig(lora_data_directory=str(folder)))
+    config = TrainConfig(lora_data_directory=str(folder))
+    get_mode(config.mode).check_images(config)
 
 
 def test_an_unwritable_latent_cache_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from traintrain.errors import UserError
 from traintrain.jobs.runner import resume_job, run_job
 from traintrain.networks.kohya_format import load_lora
 from traintrain.training.events import Progress, Saved
-from traintrain.training.loop import TrainingStopped
+from traintrain.errors import TrainingStopped
 
 STEPS = dict(train_iterations=8, save_per_steps=4)
 

@@ -17,15 +17,7 @@ class Choice(str, enum.Enum):
             if member.value.lower() == wanted:
                 return member
         allowed = ", ".join(m.value for m in cls)
-        raise UserError(f"{field_name}: '{text}' is not one of: {allowed}")
-
-
-class Mode(Choice):
-    LORA = "LoRA"
-    ILECO = "iLECO"
-    DIFFERENCE = "Difference"
-    ADDIFT = "ADDifT"
-    MULTI_ADDIFT = "Multi-ADDifT"
+        raise UserError(f"'{text}' is not one of: {allowed}", field=field_name)
 
 
 class NetworkType(Choice):

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from traintrain.config import Choice, TrainConfig, parameter_types
-from traintrain.errors import UserError
+from traintrain.errors import OUTPUT_DIR, RESUME_STATE, TOKENIZER_DIR, NonFiniteLoss, TrainingStopped, UserError
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -170,7 +170,6 @@ def stop_on_signals(stop: threading.Event):
 def _command_train(args) -> int:
     from traintrain.cli_progress import ProgressPrinter
     from traintrain.jobs.runner import resume_job, run_job
-    from traintrain.training.loop import NonFiniteLoss, TrainingStopped
 
     output_dir = Path(args.output_dir) if args.output_dir else None
     if args.resume:
@@ -195,7 +194,8 @@ def _command_train(args) -> int:
                 result = run_job(config, output_dir=output_dir or Path("output"), tokenizer_dir=args.tokenizer,
                                  report=printer, stop=stop)
     except TrainingStopped as exc:
-        print(f"traintrain: {exc}", file=sys.stderr)
+        resume = f"; continue with: traintrain train --resume {exc.state}" if exc.state else ""
+        print(f"traintrain: {exc}{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except NonFiniteLoss as exc:
         print(f"traintrain: error: {exc}", file=sys.stderr)
@@ -273,6 +273,20 @@ def quiet_libraries() -> None:
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENAMETOOLONG}
 
 
+# The flag that sets a field; any other config field is set with --set FIELD=VALUE.
+FIELD_FLAGS = {
+    "model": "--model", "lora_data_directory": "--data", "mode": "--mode", "train_nan_policy": "--nan-policy",
+    OUTPUT_DIR: "--output-dir", TOKENIZER_DIR: "--tokenizer", RESUME_STATE: "--resume",
+}
+
+
+def render_user_error(error: UserError) -> str:
+    """The core's error in command-line words: its setting named as the flag that sets it."""
+    if error.field is None:
+        return error.message
+    return f"{FIELD_FLAGS.get(error.field, error.field)}: {error.message}"
+
+
 def _one_line_error(args, message: str) -> int:
     if args.debug:
         traceback.print_exc()
@@ -281,16 +295,16 @@ def _one_line_error(args, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()  # before the parser: its defaults load the modes, which import diffusers
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return int(exc.code or 0)
-    quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        return _one_line_error(args, str(exc))
+        return _one_line_error(args, render_user_error(exc))
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: its traceback is the report

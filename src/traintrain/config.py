@@ -22,7 +22,6 @@ from traintrain.choices import (  # noqa: F401 (the choices are part of the conf
     Choice,
     LossFunction,
     LRScheduler,
-    Mode,
     NanPolicy,
     NetworkElement,
     NetworkType,
@@ -42,11 +41,18 @@ from traintrain.value_parsing import (
 )
 
 
-def _param(default, help: str, *, minimum=None, maximum=None, choices=None, factory=None):
-    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices}
+def _param(default, help: str, *, minimum=None, maximum=None, choices=None, factory=None, parser=None):
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "parser": parser}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _parse_mode(name: str, value: Any) -> str:
+    """A registered mode's name; the registry (modes/) is asked lazily, as the modes import this module."""
+    from traintrain.modes.registry import canonical_mode_name
+
+    return canonical_mode_name(parse_text(name, value), name)
 
 
 @dataclass
@@ -54,7 +60,9 @@ class TrainConfig:
     """All parameters of a training job (the seed's mandatory and optional tables, plus inputs)."""
 
     # --- job inputs ---
-    mode: Mode = _param(Mode.LORA, "training mode: LoRA, iLECO or Difference")
+    mode: str = _param(
+        "LoRA", "training mode: LoRA, iLECO, Difference, ADDifT, Multi-ADDifT (or a registered one)", parser=_parse_mode
+    )
     model: str = _param("", "base model: single-file .safetensors/.ckpt or a diffusers folder")
     original_prompt: str = _param("", "iLECO: the concept to change or erase")
     target_prompt: str = _param("", "iLECO: what the concept becomes (empty = erase)")
@@ -175,10 +183,10 @@ class TrainConfig:
         if self.train_min_timesteps >= self.train_max_timesteps:
             raise UserError(
                 f"train_min_timesteps ({self.train_min_timesteps}) must be below "
-                f"train_max_timesteps ({self.train_max_timesteps})"
+                f"train_max_timesteps ({self.train_max_timesteps})", field="train_min_timesteps",
             )
         if not self.network_blocks:
-            raise UserError(f"network_blocks: select at least one of {', '.join(ALL_BLOCK_IDS)}")
+            raise UserError(f"select at least one of {', '.join(ALL_BLOCK_IDS)}", field="network_blocks")
         for key in self.second_pass:
             _field_named(key)
         return self
@@ -235,7 +243,7 @@ class TrainConfig:
         try:
             config = cls(**{k: _coerce(_field_named(k), v) for k, v in values.items()})
         except UserError as error:
-            raise UserError(f"{source}: {error}") from None
+            raise UserError(f"{error.problem} (in {source})", error.fix, field=error.field) from None
         if config.second_pass:
             base = config.to_json_dict()
             config.second_pass = {
@@ -306,8 +314,8 @@ def _field_named(name: str, source: str = "parameter"):
         if f.name == name:
             return f
     close = difflib.get_close_matches(name, field_names(), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else " (see `traintrain train --help` for the list)"
-    raise UserError(f"{source}: unknown parameter '{name}'{hint}")
+    fix = f"did you mean '{close[0]}'?" if close else "see the list of parameters"
+    raise UserError(f"{source}: unknown parameter '{name}'", fix)
 
 
 @functools.cache
@@ -319,6 +327,8 @@ def parameter_types() -> dict[str, type]:
 def _coerce(f, value: Any):
     """Turn user text or JSON values into the field's type, checking range and choices."""
     name, kind, meta = f.name, parameter_types()[f.name], f.metadata
+    if meta.get("parser"):
+        return meta["parser"](name, value)
     if kind is str:
         return parse_text(name, value)
     if kind is bool:
@@ -333,6 +343,6 @@ def _coerce(f, value: Any):
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise UserError(f"{name}: expected an object of parameters, got {json_type(value)}")
+            raise UserError(f"expected an object of parameters, got {json_type(value)}", field=name)
         return {k: _coerce(_field_named(k), v) for k, v in value.items() if k != "second_pass"}
     return parse_choice(name, value, kind)

@@ -14,7 +14,7 @@ def parse_text(name, value) -> str:
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UserError(f"{name}: expected text, got {json_type(value)}")
+        raise UserError(f"expected text, got {json_type(value)}", field=name)
     return str(value)
 
 
@@ -22,13 +22,13 @@ def parse_bool(name, value) -> bool:
     if isinstance(value, bool):
         return value
     if not isinstance(value, (str, int)):
-        raise UserError(f"{name}: expected true or false, got {json_type(value)}")
+        raise UserError(f"expected true or false, got {json_type(value)}", field=name)
     text = str(value).strip().lower()
     if text in TRUE_WORDS:
         return True
     if text in FALSE_WORDS:
         return False
-    raise UserError(f"{name}: '{value}' is not a boolean; use true or false")
+    raise UserError(f"'{value}' is not a boolean; use true or false", field=name)
 
 
 def parse_names(name, value, allowed) -> list[str]:
@@ -36,10 +36,10 @@ def parse_names(name, value, allowed) -> list[str]:
     result = []
     for item in parse_list(name, value):
         if not isinstance(item, str):
-            raise UserError(f"{name}: expected names in the list, got {json_type(item)}")
+            raise UserError(f"expected names in the list, got {json_type(item)}", field=name)
         upper = item.strip().upper()
         if allowed and upper not in allowed:
-            raise UserError(f"{name}: '{item}' is not one of: {', '.join(allowed)}")
+            raise UserError(f"'{item}' is not one of: {', '.join(allowed)}", field=name)
         if upper not in result:
             result.append(upper)
     return result
@@ -49,7 +49,7 @@ def parse_choice(name, value, choice_cls):
     if isinstance(value, choice_cls):
         return value
     if not isinstance(value, str):
-        raise UserError(f"{name}: expected one of {', '.join(m.value for m in choice_cls)}, got {json_type(value)}")
+        raise UserError(f"expected one of {', '.join(m.value for m in choice_cls)}, got {json_type(value)}", field=name)
     return choice_cls.parse(value, name)
 
 
@@ -66,30 +66,30 @@ def json_type(value) -> str:
 
 def parse_number(name, value, cast, meta):
     if isinstance(value, bool):
-        raise UserError(f"{name}: expected a number, got a boolean")
+        raise UserError("expected a number, got a boolean", field=name)
     if isinstance(value, str):
         text = value.strip()
         if text == "":
-            raise UserError(f"{name}: expected a number, got an empty value")
+            raise UserError("expected a number, got an empty value", field=name)
         try:
             value = float(text)
         except ValueError:
-            raise UserError(f"{name}: '{value}' is not a number")
+            raise UserError(f"'{value}' is not a number", field=name)
     if not isinstance(value, (int, float)):
-        raise UserError(f"{name}: expected a number, got {json_type(value)}")
+        raise UserError(f"expected a number, got {json_type(value)}", field=name)
     if not math.isfinite(value):
-        raise UserError(f"{name}: expected a finite number, got {value}")
+        raise UserError(f"expected a finite number, got {value}", field=name)
     if cast is int:
         if float(value) != int(value):
-            raise UserError(f"{name}: expected a whole number, got {value}")
+            raise UserError(f"expected a whole number, got {value}", field=name)
         value = int(value)
     else:
         value = float(value)
     low, high = meta.get("minimum"), meta.get("maximum")
     if low is not None and value < low:
-        raise UserError(f"{name}: {value} is below the minimum {low}")
+        raise UserError(f"{value} is below the minimum {low}", field=name)
     if high is not None and value > high:
-        raise UserError(f"{name}: {value} is above the maximum {high}")
+        raise UserError(f"{value} is above the maximum {high}", field=name)
     return value
 
 
@@ -98,7 +98,7 @@ def parse_list(name, value) -> list:
         return [part for part in (p.strip() for p in value.split(",")) if part]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise UserError(f"{name}: expected a comma-separated list, got {json_type(value)}")
+    raise UserError(f"expected a comma-separated list, got {json_type(value)}", field=name)
 
 
 def whole_pixels(value) -> int:
@@ -116,11 +116,11 @@ def parse_image_size(name, value) -> list[int]:
     try:
         sizes = [whole_pixels(v) for v in items]
     except ValueError:
-        raise UserError(f"{name}: '{value}' is not height,width in pixels (e.g. 768,512 or 512)")
+        raise UserError(f"'{value}' is not height,width in pixels (e.g. 768,512 or 512)", field=name)
     if len(sizes) == 1:
         sizes = sizes * 2
     if len(sizes) != 2 or min(sizes) < 64 or any(s % 8 for s in sizes):
         raise UserError(
-            f"{name}: '{value}' must be height,width (or one value) of multiples of 8, at least 64"
+            f"'{value}' must be height,width (or one value) of multiples of 8, at least 64", field=name
         )
     return sizes

@@ -48,7 +48,7 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
     """
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder; check the model path")
+        raise UserError(f"{path}: no such file or folder; check the model path", field="model")
     components = _load_diffusers_folder(path, tokenizer_dir) if path.is_dir() else _load_single_file(path, tokenizer_dir)
     check_vocab_fits(components.tokenizers, components.text_encoders)
     for model in (components.unet, components.vae, *components.text_encoders):
@@ -107,7 +107,7 @@ def read_weight_shapes(path) -> WeightShapes:
     """
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder; check the model path")
+        raise UserError(f"{path}: no such file or folder; check the model path", field="model")
     if path.is_dir():
         check_diffusers_folder(path)
         folders = [path / name for name in TEXT_ENCODER_FOLDERS if (path / name).is_dir()]
@@ -140,32 +140,32 @@ def _folder_shapes(folder: Path) -> list[tuple[int, ...]]:
 
 
 def _corrupt_safetensors(path: Path, error: BaseException) -> UserError:
-    return UserError(f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again")
+    return UserError(f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again", field="model")
 
 
 def _torch_load(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a pickled checkpoint, read with weights_only: a pickle that would run code is refused."""
     if path.suffix.lower() not in TORCH_SUFFIXES:
-        raise UserError(f"{path}: unsupported model file type '{path.suffix}'; give a .safetensors or .ckpt file, or a diffusers folder")
+        raise UserError(f"{path}: unsupported model file type '{path.suffix}'; give a .safetensors or .ckpt file, or a diffusers folder", field="model")
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
-            raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
+            raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model") from error
         raise UserError(
             f"{path}: this .ckpt holds Python objects that need unsafe pickle loading; "
-            "use a .safetensors version of the model (or convert it with a tool you trust)"
+            "use a .safetensors version of the model (or convert it with a tool you trust)", field="model",
         ) from error
     except RuntimeError as error:
         if mmap and "mmap" in str(error):  # the legacy (pre-zip) format cannot be memory-mapped
             return _torch_load(path)
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model") from error
     except (EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again") from error
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model") from error
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
-        raise UserError(f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt")
+        raise UserError(f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt", field="model")
     return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
 
 
@@ -181,7 +181,7 @@ def _load_single_file(path: Path, tokenizer_dir) -> ModelComponents:
         unet_config = unet_config_from_ldm(family, state, encoder_configs)
         vae_config = vae_config_from_ldm(family, state)
     except (KeyError, IndexError, ValueError, StopIteration) as error:
-        raise UserError(f"{path}: {family.value} checkpoint with missing or odd weights ({error}); the file is incomplete or not supported") from error
+        raise UserError(f"{path}: {family.value} checkpoint with missing or odd weights ({error}); the file is incomplete or not supported", field="model") from error
     unet = _assemble(UNet2DConditionModel.from_config, unet_config, lambda m: convert_ldm_unet_checkpoint(state, unet_config), path, "UNet")
     vae = _assemble(AutoencoderKL.from_config, vae_config, lambda m: convert_ldm_vae_checkpoint(state, vae_config), path, "VAE")
     text_encoders = [
@@ -197,8 +197,8 @@ def _detect_family(path: Path, state) -> Family:
     if family is not None:
         return family
     if any(key.startswith(("lora_", "lycoris_")) for key in state):
-        raise UserError(f"{path}: this is a LoRA, not a model; give a Stable Diffusion 1.x, 2.x or XL checkpoint")
-    raise UserError(f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys); give an SD1.x, SD2.x or SDXL model")
+        raise UserError(f"{path}: this is a LoRA, not a model; give a Stable Diffusion 1.x, 2.x or XL checkpoint", field="model")
+    raise UserError(f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys); give an SD1.x, SD2.x or SDXL model", field="model")
 
 
 def unet_config_from_ldm(family: Family, state, encoder_configs) -> dict:
@@ -318,7 +318,7 @@ def _assemble(build, config: dict, convert, path: Path, what: str):
     except (RuntimeError, KeyError, ValueError) as error:
         raise UserError(
             f"{path}: the {what} weights do not fit a {_architecture_name(config)} model ({_first_line(error)}); "
-            "the file is incomplete or an unsupported variant"
+            "the file is incomplete or an unsupported variant", field="model",
         ) from error
     return model
 
@@ -335,7 +335,7 @@ def check_diffusers_folder(path: Path) -> None:
     if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
         raise UserError(
             f"{path}: folder is not a diffusers model (no model_index.json with unet/); "
-            "give a diffusers model folder or a .safetensors/.ckpt file"
+            "give a diffusers model folder or a .safetensors/.ckpt file", field="model",
         )
 
 
@@ -356,7 +356,7 @@ def _family_from_folder(path: Path) -> Family:
         return Family.SDXL
     encoder_config = path / "text_encoder" / "config.json"
     if not encoder_config.is_file():
-        raise UserError(f"{path}: diffusers folder without text_encoder/config.json; give a complete SD1/SD2/SDXL model folder")
+        raise UserError(f"{path}: diffusers folder without text_encoder/config.json; give a complete SD1/SD2/SDXL model folder", field="model")
     return Family.SD2 if json.loads(encoder_config.read_text()).get("hidden_act") == "gelu" else Family.SD1
 
 
@@ -366,7 +366,7 @@ def _from_pretrained(cls, path: Path, subfolder: str):
             return cls.from_pretrained(str(path / subfolder), local_files_only=True)
         return cls.from_pretrained(str(path), subfolder=subfolder, local_files_only=True, variant=_variant(path / subfolder))
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise UserError(f"{path / subfolder}: cannot load the weights ({_first_line(error)}); the folder is incomplete or corrupt") from error
+        raise UserError(f"{path / subfolder}: cannot load the weights ({_first_line(error)}); the folder is incomplete or corrupt", field="model") from error
 
 
 def _variant(folder: Path) -> str | None:

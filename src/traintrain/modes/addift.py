@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from traintrain.data.dataset import BucketBatches
+from traintrain.data.dataset import BucketBatches, image_background
 from traintrain.modes.common import build_network, fixed_conditionings, prompt_only_spec, stack_conditionings, train_result_network
-from traintrain.modes.denoising import unet_predict
+from traintrain.modes.denoising import fixed_noise_for, training_timesteps, unet_predict
+from traintrain.modes.inputs import (
+    FRAME_FIELDS, IMAGE_FOLDER_FIELDS, IMAGE_PAIR_FIELDS, check_folder_images_decode, check_image_folder,
+    check_image_pair, check_image_pair_decodes,
+)
+from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.modes.pairs import encode_pair, find_pairs, load_pair, pair_caption
 from traintrain.training.events import Message
 from traintrain.training.loss import denoising_loss
@@ -34,15 +39,16 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
     """`conds[i]` is (original-side, target-side) conditioning of sample i of `batches`."""
     index_of = {id(s): i for i, s in enumerate(batches.samples)}
     scheduler = run.noise_scheduler
+    fixed_noise = fixed_noise_for(config, run.seed)
 
     def compute_loss(step: int) -> torch.Tensor:
         chosen = batches.next()
         forward = step % 2 == 1
         original = torch.stack([s.original for s in chosen])
         target = torch.stack([s.target for s in chosen])
-        noise = torch.randn(original.shape, generator=run.generator)
+        noise = fixed_noise(original.shape) if fixed_noise else torch.randn(original.shape, generator=run.generator)
         low, high = sweep_range(step, config.train_min_timesteps, config.train_max_timesteps)
-        timesteps = torch.randint(low, high, (len(chosen),), generator=run.generator)
+        timesteps = training_timesteps(len(chosen), low, high, run.generator, config.train_fixed_timsteps_in_batch)
         if config.diff_alt_ratio < 0 and not forward:
             original = target = noise
         reference_latent, adapted_latent = (original, target) if forward else (target, original)
@@ -67,34 +73,36 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
     return compute_loss
 
 
-def _train(phase: str, config, components, run, samples, conds) -> dict:
+def _train(phase: str, config, components, run, samples, conds) -> ModeOutcome:
     network = build_network(components, prompt_only_spec(config), run, resume=config.network_resume)
     batches = BucketBatches(samples, config.train_batch_size, run.seed)
     compute_loss = addift_loss_fn(components, network, config, run, batches, conds)
     outcome = train_result_network(phase, network, config, compute_loss, components, run, data_order=batches)
-    return outcome | {"samples": samples}
+    outcome.extras["samples"] = samples
+    return outcome
 
 
-def train_addift(config, components, run) -> dict:
+def train_addift(config, components, run) -> ModeOutcome:
     """One pair: Original and Target images, conditioned on the Original and Target prompts."""
     original, target = config.original_image, config.target_image
     if config.diff_revert_original_target:
         original, target = target, original
-    first, second = load_pair(original, target)
+    first, second = load_pair(original, target, image_background(config))
     samples = encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second, "",
                           config.diff_use_diff_mask)
     pair_conds = tuple(fixed_conditionings(components, [config.original_prompt, config.target_prompt]))
     return _train("ADDifT", config, components, run, samples, [pair_conds] * len(samples))
 
 
-def train_multi_addift(config, components, run) -> dict:
+def train_multi_addift(config, components, run) -> ModeOutcome:
     """Many pairs from a folder, each conditioned on its own caption (trigger word first)."""
     samples = []
     for original, target in find_pairs(config.lora_data_directory, config.diff_target_name):
         if config.diff_revert_original_target:
             original, target = target, original
-        first, second = load_pair(original, target)
-        caption = pair_caption(original if not config.diff_revert_original_target else target, config.lora_trigger_word)
+        first, second = load_pair(original, target, image_background(config))
+        caption = pair_caption(original if not config.diff_revert_original_target else target, config.lora_trigger_word,
+                               config.image_use_filename_as_tag)
         samples += encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second,
                                caption, config.diff_use_diff_mask)
     run.report(Message(f"Multi-ADDifT: {len(samples)} pair samples from {config.lora_data_directory}"))
@@ -102,3 +110,45 @@ def train_multi_addift(config, components, run) -> dict:
     encoded = dict(zip(captions, fixed_conditionings(components, captions)))
     conds = [(encoded[s.caption], encoded[s.caption]) for s in samples]
     return _train("Multi-ADDifT", config, components, run, samples, conds)
+
+
+ADDIFT_FIELDS = ("diff_alt_ratio", "diff_use_diff_mask")
+
+
+@register
+class ADDifTMode(TrainingMode):
+    name = "ADDifT"
+    summary = "from two images and their prompts: learn the change between them directly, without a copier"
+    fields = IMAGE_PAIR_FIELDS + FRAME_FIELDS + ADDIFT_FIELDS + ("original_prompt", "target_prompt")
+    phases = ("ADDifT",)
+    order = 3
+
+    def check_inputs(self, config) -> None:
+        check_image_pair(config)
+
+    def check_images(self, config) -> None:
+        check_image_pair_decodes(config)
+
+    def train(self, config, components, run) -> ModeOutcome:
+        return train_addift(config, components, run)
+
+
+@register
+class MultiADDifTMode(TrainingMode):
+    name = "Multi-ADDifT"
+    summary = "ADDifT over a folder of image pairs (X.png and X_target.png), each with its caption"
+    fields = IMAGE_FOLDER_FIELDS + FRAME_FIELDS + ADDIFT_FIELDS + (
+        "diff_target_name", "diff_revert_original_target", "diff_use_fixed_noise",
+    )
+    phases = ("Multi-ADDifT",)
+    order = 4
+
+    def check_inputs(self, config) -> None:
+        check_image_folder(config)
+        find_pairs(config.lora_data_directory, config.diff_target_name)
+
+    def check_images(self, config) -> None:
+        check_folder_images_decode(config)
+
+    def train(self, config, components, run) -> ModeOutcome:
+        return train_multi_addift(config, components, run)

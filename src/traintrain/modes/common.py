@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from traintrain.models.encoding import Conditioning, encode_prompts
+from traintrain.modes.registry import ModeOutcome
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.training.loop import TrainingTask, run_loop
 
@@ -56,7 +57,7 @@ def stack_conditionings(conds: list[Conditioning]) -> Conditioning:
 
 
 def train_result_network(phase: str, network, config, compute_loss, components, run, copier=None,
-                         data_order=None) -> dict:
+                         data_order=None) -> ModeOutcome:
     """Train the network whose file is the job's result: periodic saves and previews, final save.
 
     `data_order` (get_state/set_state) is the position of the mode's batches, kept in resumable states.
@@ -64,7 +65,7 @@ def train_result_network(phase: str, network, config, compute_loss, components, 
     from traintrain.modes.previews import preview_prompts, render_previews
 
     def preview(step: int) -> None:
-        render_previews(config, components, {"network": network, "copier": copier}, run, suffix=f"_{step}steps")
+        render_previews(config, components, network, copier, run, suffix=f"_{step}steps")
 
     task = TrainingTask(
         phase, parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
@@ -73,4 +74,4 @@ def train_result_network(phase: str, network, config, compute_loss, components, 
     )
     result = run_loop(task, config, run.report)
     path = run.writer.save(network, steps=config.train_iterations)
-    return {"path": path, "losses": result.losses, "network": network}
+    return ModeOutcome(path, result.losses, network, copier)

@@ -5,12 +5,18 @@ holds only what differs between the two images.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from traintrain.modes.common import (
     build_network, fixed_conditionings, parameter_groups, prompt_only_spec, repeat_conditioning, train_result_network,
 )
-from traintrain.modes.denoising import denoising_step_loss
+from traintrain.errors import UserError
+from traintrain.data.dataset import image_background
+from traintrain.modes.denoising import denoising_step_loss, fixed_noise_for
+from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_PAIR_FIELDS, check_image_pair, check_image_pair_decodes
+from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.modes.pairs import encode_pair, load_pair
 from traintrain.networks.kohya_format import load_lora
 from traintrain.training.checkpoint import SeededRandom
@@ -25,10 +31,12 @@ def image_loss_fn(components, config, run, latents: list[torch.Tensor], cond):
     """
     picker = SeededRandom(run.seed)
     batch_cond = repeat_conditioning(cond, config.train_batch_size)
+    fixed_noise = fixed_noise_for(config, run.seed)
 
     def compute_loss(step: int) -> torch.Tensor:
         batch = torch.stack([picker.choice(latents) for _ in range(config.train_batch_size)])
-        return denoising_step_loss(components, run.noise_scheduler, batch, batch_cond, config, run.generator)
+        noise = fixed_noise(batch.shape) if fixed_noise else None
+        return denoising_step_loss(components, run.noise_scheduler, batch, batch_cond, config, run.generator, noise=noise)
 
     return compute_loss, picker
 
@@ -37,7 +45,7 @@ def prepare_pair(config, components, run):
     original, target = config.original_image, config.target_image
     if config.diff_revert_original_target:
         original, target = target, original
-    first, second = load_pair(original, target)
+    first, second = load_pair(original, target, image_background(config))
     samples = encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second, "", False)
     (cond,) = fixed_conditionings(components, [config.original_prompt])
     run.report(Message(f"Difference: images fitted to {samples[0].frame[0]}x{samples[0].frame[1]}"))
@@ -65,12 +73,12 @@ def train_copier(config, components, run, samples, cond):
     return copier, result.losses
 
 
-def train_difference(config, components, run) -> dict:
+def train_difference(config, components, run) -> ModeOutcome:
     samples, cond = prepare_pair(config, components, run)
     copier, copier_losses = train_copier(config, components, run, samples, cond)
     if config.diff_1st_pass_only:
         path = run.writer.save(copier, steps=config.train_iterations)
-        return {"path": path, "losses": copier_losses, "network": copier, "copier": copier}
+        return ModeOutcome(path, copier_losses, copier, extras={"copier_losses": copier_losses, "samples": samples})
     copier.requires_grad_(False)  # frozen, but stays applied at multiplier 1 under the difference LoRA
 
     second = config.for_second_pass()
@@ -79,4 +87,41 @@ def train_difference(config, components, run) -> dict:
     run.writer.config = second
     outcome = train_result_network("difference", difference, second, compute_loss, components, run, copier=copier,
                                    data_order=picker)
-    return outcome | {"copier": copier, "copier_losses": copier_losses, "samples": samples, "conditioning": cond}
+    outcome.extras.update(copier_losses=copier_losses, samples=samples, conditioning=cond)
+    return outcome
+
+
+@register
+class DifferenceMode(TrainingMode):
+    name = "Difference"
+    summary = "copy machine: from two images, a slider LoRA that carries only their difference"
+    fields = IMAGE_PAIR_FIELDS + FRAME_FIELDS + (
+        "original_prompt", "diff_save_1st_pass", "diff_1st_pass_only", "diff_load_1st_pass", "use_2nd_pass_settings",
+        "second_pass",
+    )
+    phases = ("copier", "difference")
+    order = 2
+
+    def check_inputs(self, config) -> None:
+        check_image_pair(config)
+        if config.diff_load_1st_pass and not Path(config.diff_load_1st_pass).is_file():
+            raise UserError(f"'{config.diff_load_1st_pass}' not found", "give the copier LoRA file",
+                            field="diff_load_1st_pass")
+
+    def check_images(self, config) -> None:
+        check_image_pair_decodes(config)
+
+    def result_config(self, config):
+        return config if config.diff_1st_pass_only else config.for_second_pass()
+
+    def planned_files(self, config) -> list[str]:
+        if config.diff_1st_pass_only:  # the copier is the result; no periodic files or previews
+            return [f"{config.output_name}.safetensors"] + self.preview_files(config, periodic=False)
+        files = super().planned_files(config)
+        if config.diff_save_1st_pass:
+            files.insert(files.index(f"{config.output_name}_preview.png") if self.preview_prompts(config) else len(files),
+                         f"{config.output_name}_copy.safetensors")
+        return files
+
+    def train(self, config, components, run) -> ModeOutcome:
+        return train_difference(config, components, run)

@@ -11,6 +11,8 @@ from traintrain.data.plan_report import plan_lines
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.modes.denoising import denoising_step_loss
 from traintrain.modes.common import build_network, train_result_network
+from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_FOLDER_FIELDS, check_folder_images_decode, check_image_folder
+from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.networks.network import NetworkSpec
 from traintrain.training.events import Message
 
@@ -39,7 +41,7 @@ class TextCache:
         return Conditioning(torch.stack(padded), None if pooled[0] is None else torch.stack(pooled))
 
 
-def train_lora(config, components, run) -> dict:
+def train_lora(config, components, run) -> ModeOutcome:
     """Cache latents (and caption embeddings), then train the adapter for exactly train_iterations steps."""
     data = build_training_data(config, components.vae, components.spec.latent_scale, run.generator, run.report)
     for line in plan_lines(data.plan, data.assignment, per_image=config.logging_verbose):
@@ -66,4 +68,26 @@ def train_lora(config, components, run) -> dict:
         return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask)
 
     outcome = train_result_network("LoRA", network, config, compute_loss, components, run, data_order=batches)
-    return outcome | {"data": data}
+    outcome.extras["data"] = data
+    return outcome
+
+
+@register
+class LoRAMode(TrainingMode):
+    name = "LoRA"
+    summary = "learn from a folder of captioned images (denoising loss)"
+    fields = IMAGE_FOLDER_FIELDS + FRAME_FIELDS + (
+        "sub_image_num", "image_num_multiply", "image_disable_upscale", "image_alpha_mask",
+        "image_use_transparent_background_ajust", "latent_cache_dir",
+    )
+    phases = ("LoRA",)
+    order = 0
+
+    def check_inputs(self, config) -> None:
+        check_image_folder(config)
+
+    def check_images(self, config) -> None:
+        check_folder_images_decode(config)
+
+    def train(self, config, components, run) -> ModeOutcome:
+        return train_lora(config, components, run)

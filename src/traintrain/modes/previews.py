@@ -7,13 +7,12 @@ saved file is the difference LoRA alone.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
-from traintrain.config import Mode
 from traintrain.fileio import atomic_path
+from traintrain.modes.registry import get_mode
 from traintrain.rendering import generate, labelled_grid, pipeline_from_components
 from traintrain.training.events import Message
 
@@ -21,18 +20,13 @@ MULTIPLIERS = (-1.0, 0.0, 1.0)
 
 
 def preview_prompts(config) -> list[str]:
-    """The user's preview prompts; for iLECO by default its Original and Target prompts."""
-    prompts = [p.strip() for p in re.split(r"[;\n]", config.preview_prompts) if p.strip()]
-    if prompts:
-        return prompts
-    if config.mode == Mode.ILECO:
-        return [p for p in (config.original_prompt, config.target_prompt) if p.strip()]
-    return []
+    """The user's preview prompts, else the mode's default ones (iLECO: its Original and Target)."""
+    return get_mode(config.mode).preview_prompts(config)
 
 
 @torch.no_grad()
-def render_previews(config, components, outcome, run, suffix: str = "") -> Path:
-    network, copier = outcome["network"], outcome.get("copier")
+def render_previews(config, components, network, copier, run, suffix: str = "") -> Path:
+    """`copier` (Difference's frozen pass-1 network, or None) is switched off while rendering."""
     prompts = preview_prompts(config)
     target = run.writer.plan.directory / f"{run.writer.plan.name}{suffix}_preview.png"
     run.report(Message(f"rendering previews for {len(prompts)} prompt(s) at multipliers -1, 0, +1"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from traintrain.errors import UserError
+from traintrain.errors import RESUME_STATE, UserError
 from traintrain.fileio import atomic_path
 
 STATE_SUFFIX = ".state"
@@ -42,13 +42,14 @@ def state_path_for(lora_path: Path) -> Path:
 def load_state(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--resume: {path} not found; give a {{name}}_{{step}}steps{STATE_SUFFIX} file of an interrupted run")
+        raise UserError(f"{path} not found", f"give a {{name}}_{{step}}steps{STATE_SUFFIX} file of a stopped run",
+                        field=RESUME_STATE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means "not one of our states"
-        raise UserError(f"--resume: {path} is not a TrainTrain state file ({type(exc).__name__})") from None
+        raise UserError(f"{path} is not a TrainTrain state file ({type(exc).__name__})", field=RESUME_STATE) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"--resume: {path} is not a TrainTrain state file of this version")
+        raise UserError(f"{path} is not a TrainTrain state file of this version", field=RESUME_STATE)
     return state
 
 
@@ -123,7 +124,8 @@ class Checkpoints:
 
 def _copy_params(params, saved, phase: str) -> None:
     if len(params) != len(saved) or any(p.shape != s.shape for p, s in zip(params, saved)):
-        raise UserError(f"--resume: the state's {phase} network does not match this run's; resume with the same model")
+        raise UserError(f"the state's {phase} network does not match this run's", "resume with the same model",
+                        field=RESUME_STATE)
     with torch.no_grad():
         for param, value in zip(params, saved):
             param.copy_(value)

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 import torch
 
 from traintrain.config import NanPolicy
+from traintrain.errors import NonFiniteLoss, TrainingStopped
 from traintrain.training.checkpoint import Checkpoints
 from traintrain.training.events import Message, Progress, Reporter
 from traintrain.training.optimizers import build_training_optimizer
@@ -54,19 +55,6 @@ class LoopResult:
     learning_rates: list[float] = field(default_factory=list)
     average: float | None = None  # EMA of the loss (factor 0.9), as the progress bar shows it
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
-
-
-class NonFiniteLoss(Exception):
-    """Training diverged; the message names the step, the likely cause and what was kept."""
-
-
-class TrainingStopped(Exception):
-    """A stop was requested: the run saved its network and a state at `step`, then ended."""
-
-    def __init__(self, phase: str, step: int, total: int, saved: Path | None, state: Path | None):
-        self.phase, self.step, self.total, self.saved, self.state = phase, step, total, saved, state
-        where = f"saved {saved} and {state}; continue with: traintrain train --resume {state}" if state else "nothing saved"
-        super().__init__(f"stopped at {phase} step {step} of {total}: {where}")
 
 
 def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
@@ -155,5 +143,5 @@ def _guard(config, step: int, problem: str, skipped: int, last_saved: Path | Non
         f"training stopped at step {step}{limit}: {problem}. Likely causes: fp16 precision of the model or VAE "
         f"(set train_model_precision / train_vae_precision to bf16 or fp32) or a learning rate too high "
         f"(train_learning_rate {config.train_learning_rate:g}); {kept}. "
-        "--nan-policy skip (train_nan_policy=skip) skips such steps instead"
+        "train_nan_policy=skip skips such steps instead"
     )

@@ -9,10 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from traintrain.config import Mode
-from traintrain.data.captions import read_caption
-from traintrain.data.images import BadImage, find_images, load_image
-from traintrain.errors import UserError
+from traintrain.errors import OUTPUT_DIR, UserError
 from traintrain.models.loading import WeightShapes, read_weight_shapes
 from traintrain.training.optimizers import check_optimizer
 from traintrain.training.run_logs import check_logging
@@ -26,36 +23,13 @@ def check_training_options(config) -> None:
     check_logging(config)
 
 
-def check_resources(config, plan: OutputPlan, file_names: list[str]) -> None:
-    """Model headers, images, folders and disk space; then clear temporaries of killed runs."""
+def check_resources(config, mode, plan: OutputPlan, file_names: list[str]) -> None:
+    """Model headers, the mode's images, folders and disk space; then clear temporaries of killed runs."""
     shapes = read_weight_shapes(config.model)
-    check_images(config)
+    mode.check_images(config)
     check_latent_cache_dir(config)
     check_disk_space(config, plan, shapes, file_names)
     plan.remove_stale_temps(file_names)
-
-
-def check_images(config) -> None:
-    """Captions decode and at least one image does (the rest are skipped with a warning later)."""
-    if config.mode in (Mode.LORA, Mode.MULTI_ADDIFT):
-        paths = find_images(config.lora_data_directory)
-        for path in paths:
-            read_caption(path)
-        first_error = None
-        for path in paths:
-            try:
-                load_image(path)
-                return
-            except BadImage as error:
-                first_error = first_error or error
-        raise UserError(f"no usable image in {config.lora_data_directory}: none of its {len(paths)} image files "
-                        f"can be read ({first_error})")
-    if config.mode in (Mode.DIFFERENCE, Mode.ADDIFT):
-        original, target = load_image(config.original_image), load_image(config.target_image)
-        if original.image.size != target.image.size:
-            (w1, h1), (w2, h2) = original.image.size, target.image.size
-            raise UserError(f"original image {config.original_image} is {w1}x{h1} but target image "
-                            f"{config.target_image} is {w2}x{h2}; both must have the same size")
 
 
 def check_latent_cache_dir(config) -> None:
@@ -84,7 +58,8 @@ def check_disk_space(config, plan: OutputPlan, shapes: WeightShapes, file_names:
     if needed > free:
         raise UserError(
             f"not enough disk space in {plan.directory}: this run saves {len(file_names)} file(s) needing up to "
-            f"{_size(needed)}, but only {_size(free)} is free; free some space or choose another --output-dir"
+            f"{_size(needed)}, but only {_size(free)} is free", "free some space or choose another output folder",
+            field=OUTPUT_DIR,
         )
 
 

@@ -75,7 +75,7 @@ class RunLogs:
     def _settings(self, event: Progress) -> list[tuple[str, object]]:
         c = self.config
         return [
-            ("mode", c.mode.value), ("phase", event.phase), ("model", c.model), ("save_lora_name", c.output_name),
+            ("mode", c.mode), ("phase", event.phase), ("model", c.model), ("save_lora_name", c.output_name),
             ("started", time.strftime("%Y-%m-%d %H:%M:%S", self.clock)), ("seed", self.seed),
             ("network_type", c.network_type.value), ("network_rank", c.network_rank),
             ("network_alpha", c.network_alpha), ("train_iterations", event.total),

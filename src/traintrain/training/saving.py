@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from traintrain.errors import UserError
+from traintrain.errors import OUTPUT_DIR, UserError
 from traintrain.fileio import check_plain_name, remove_stale_temps
 from traintrain.networks.kohya_format import build_metadata, save_lora
 from traintrain.networks.lokr import factorization
@@ -41,19 +41,22 @@ class OutputPlan:
             target = self.directory / check_plain_name(file_name, "save name")
             if target.exists():
                 raise UserError(
-                    f"{target} already exists; choose another save_lora_name or set save_overwrite=true"
+                    f"{target} already exists", "choose another save_lora_name or set save_overwrite=true",
+                    field="save_lora_name",
                 )
 
     def check_writable(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"output folder {self.directory} cannot be created ({exc.strerror}); choose another --output-dir") from None
+            raise UserError(f"output folder {self.directory} cannot be created ({exc.strerror})", "choose another output folder",
+                            field=OUTPUT_DIR) from None
         try:
             with tempfile.TemporaryFile(dir=self.directory) as probe:  # never visible, even if killed
                 probe.write(b"x")
         except OSError as exc:
-            raise UserError(f"output folder {self.directory} is not writable ({exc.strerror}); choose another --output-dir") from None
+            raise UserError(f"output folder {self.directory} is not writable ({exc.strerror})", "choose another output folder",
+                            field=OUTPUT_DIR) from None
 
     def remove_stale_temps(self, file_names) -> None:
         """Temporary files of these names are left-overs of a killed run: the job owns these names."""
