@@ -1,6 +1,6 @@
 import pytest
 
-from traintrain.data.captions import compose_caption, read_caption, tag_frequency
+from traintrain.data.captions import compose_caption, filename_tags, image_caption, read_caption, tag_frequency
 from traintrain.errors import UserError
 
 
@@ -74,3 +74,27 @@ def test_tag_frequency_counts_like_kohya():
 
 def test_tag_frequency_of_nothing():
     assert tag_frequency([]) == {}
+
+
+@pytest.mark.parametrize("name, tags", [
+    ("red_hair_smile_001.png", "red, hair, smile"),
+    ("red hair,smile (2).png", "red hair, smile"),
+    ("cat (1).jpg", "cat"),
+    ("photo-3.webp", "photo"),
+    ("x_01 (2).png", "x"),
+    ("1girl_solo.png", "1girl, solo"),
+    ("dog_id_12345.png", "dog"),  # the original's "_id_" suffix
+    ("123.png", "123"),  # a name that is only a number stays
+])
+def test_filename_tags(name, tags):
+    assert filename_tags(name) == tags
+
+
+def test_filename_tag_replaces_the_caption_file(tmp_path):
+    """As in the original: with image_use_filename_as_tag the caption file is not read."""
+    image = tmp_path / "blue_sky_002.png"
+    image.touch()
+    image.with_suffix(".txt").write_text("ignored caption", encoding="utf-8")
+    assert image_caption(image, "tt", use_filename=True) == "tt, blue, sky"
+    assert image_caption(image, "tt") == "tt, ignored caption"
+    assert image_caption(image, "", use_filename=True) == "blue, sky"

@@ -246,3 +246,17 @@ def test_tag_frequency_is_in_the_saved_metadata(trained_with_mask):
     frequency = json.loads(meta["ss_tag_frequency"])
     assert list(frequency.values()) == [{"sks": 2, "red ball": 1, "smile": 1}]  # kohya: {folder: {tag: count}}
     assert meta["ss_num_train_images"] == "2"
+
+
+def test_filename_as_tag_and_white_background_reach_the_samples(vae, tmp_path):
+    """image_use_filename_as_tag captions from the file name; the transparent background option changes the latent."""
+    half_transparent().save(tmp_path / "red_fox_(1).png")
+    (tmp_path / "red_fox_(1).txt").write_text("a caption", encoding="utf-8")
+    plain, _ = build(config_for(tmp_path, lora_trigger_word="tt"), vae)
+    tagged, _ = build(config_for(tmp_path, lora_trigger_word="tt", image_use_filename_as_tag=True,
+                                 image_use_transparent_background_ajust=True), vae)
+    assert plain.samples[0].caption == "tt, a caption"
+    assert tagged.samples[0].caption == "tt, red, fox"
+    assert tagged.tag_frequency == {"tt": 1, "red": 1, "fox": 1}
+    assert not torch.equal(plain.samples[0].latent, tagged.samples[0].latent)  # white, not the hidden noise
+    assert torch.equal(plain.samples[0].mask, tagged.samples[0].mask)

@@ -12,6 +12,7 @@ from traintrain.data.images import (
     load_image,
     resize_cover_center_crop,
     resize_mask_cover_center_crop,
+    TRANSPARENT_BACKGROUND,
 )
 from traintrain.errors import UserError
 
@@ -334,3 +335,25 @@ def test_every_listed_format_loads(tmp_path, name):
     loaded = load_image(_saved(tmp_path, Image.new("RGB", (16, 16), RED), name))
     red, green, blue = _pixel(loaded, (8, 8))
     assert loaded.image.size == (16, 16) and red > 240 and green < 15 and blue < 15
+
+
+def test_transparent_background_ajust_composites_onto_white_and_keeps_the_mask(tmp_path):
+    """image_use_transparent_background_ajust: the VAE sees white, not the hidden colour under alpha 0."""
+    image = Image.new("RGBA", (4, 4), (*GREEN, 255))
+    image.putpixel((0, 0), (*RED, 0))  # fully transparent, hidden red
+    image.putpixel((1, 0), (0, 0, 0, 128))  # half transparent black
+    path = _saved(tmp_path, image, "cutout.png")
+    plain = load_image(path)
+    assert _pixel(plain) == RED  # without the option: the hidden colour
+    white = load_image(path, background=TRANSPARENT_BACKGROUND)
+    assert TRANSPARENT_BACKGROUND == (255, 255, 255)
+    assert _pixel(white) == (255, 255, 255)
+    assert all(abs(c - 127) <= 1 for c in _pixel(white, (1, 0)))  # blended half way
+    assert _pixel(white, (3, 3)) == GREEN  # opaque pixels untouched
+    assert np.array_equal(white.mask, plain.mask) and white.mask[0, 0] == 0.0
+
+
+def test_transparent_background_leaves_opaque_images_alone(tmp_path):
+    path = _touch_image(tmp_path / "red.png")
+    loaded = load_image(path, background=TRANSPARENT_BACKGROUND)
+    assert loaded.mask is None and _pixel(loaded) == RED

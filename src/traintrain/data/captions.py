@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -30,6 +31,29 @@ def _read_utf8(path: Path) -> str:
         raise UserError(
             f"caption file {path} is not UTF-8 text (byte {error.start}): save it again as UTF-8"
         ) from error
+
+
+# A copy counter at the end of a name: "_001", " 2", "-3", "(1)", " (12)", also several ("_01 (2)").
+_TRAILING_COUNTER = re.compile(r"(?:[\s_-]+\d+|\s*\(\d+\))+$")
+
+
+def filename_tags(image_path: str | os.PathLike[str]) -> str:
+    """The tags an image's file name stands for, for `image_use_filename_as_tag`.
+
+    "red_hair_smile_001.png" -> "red, hair, smile": underscores and commas separate tags (as
+    in the original), a copy counter at the end and the original's "_id_..." suffix are dropped,
+    spaces inside a tag are kept ("red hair,smile (2).png" -> "red hair, smile").
+    """
+    stem = Path(image_path).stem.split("_id_")[0]
+    stem = _TRAILING_COUNTER.sub("", stem)
+    tags = [tag.strip() for tag in re.split(r"[_,]", stem)]
+    return ", ".join(tag for tag in tags if tag)
+
+
+def image_caption(image_path: str | os.PathLike[str], trigger: str | None, use_filename: bool = False) -> str:
+    """The training prompt of one image: the trigger word, then its caption file's text or, with
+    `use_filename`, its file name's tags instead (the original ignores the caption file then)."""
+    return compose_caption(trigger, filename_tags(image_path) if use_filename else read_caption(image_path))
 
 
 def compose_caption(trigger: str | None, caption: str | None) -> str:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from traintrain.data.buckets import BucketAssignment, BucketPlan
-from traintrain.data.captions import compose_caption, read_caption, tag_frequency
-from traintrain.data.images import BadImage, LoadedImage, find_images, load_image
+from traintrain.data.captions import image_caption, tag_frequency
+from traintrain.data.images import TRANSPARENT_BACKGROUND, BadImage, LoadedImage, find_images, load_image
 from traintrain.data.latent_cache import LatentCache, file_digest
 from traintrain.errors import UserError
 from traintrain.training.events import Message, Reporter
@@ -48,22 +48,32 @@ class TrainingData:
     skipped: list[str] = field(default_factory=list)
 
 
-def read_images(directory: str, trigger: str, report: Reporter) -> tuple[list[ImageRecord], list[str]]:
-    """Every usable image with its caption; unreadable images are reported and skipped."""
+def read_images(directory: str, trigger: str, report: Reporter, *, use_filename: bool = False,
+                background: tuple[int, int, int] | None = None) -> tuple[list[ImageRecord], list[str]]:
+    """Every usable image with its caption; unreadable images are reported and skipped.
+
+    `use_filename`: the file name's tags replace the caption file (image_use_filename_as_tag);
+    `background`: transparent images are composited onto this colour (see `load_image`).
+    """
     root = Path(directory)
     records, skipped = [], []
     for path in find_images(root):
         try:
-            image = load_image(path)
+            image = load_image(path, background=background)
         except BadImage as exc:
             report(Message(f"skipped: {exc}", "warning"))
             skipped.append(str(path))
             continue
-        caption = compose_caption(trigger, read_caption(path))
+        caption = image_caption(path, trigger, use_filename)
         records.append(ImageRecord(path, path.relative_to(root).as_posix(), image, caption))
     if not records:
         raise UserError(f"no usable image in {root}: add .png/.jpg/.webp images (see the warnings above)")
     return records, skipped
+
+
+def image_background(config) -> tuple[int, int, int] | None:
+    """The colour transparent images are composited onto, or None to keep their hidden colours."""
+    return TRANSPARENT_BACKGROUND if config.image_use_transparent_background_ajust else None
 
 
 def bucket_plan(config) -> BucketPlan:
@@ -135,7 +145,10 @@ def build_training_data(config, vae, latent_scale: float, generator: torch.Gener
     Each (image, frame, mirrored) latent is drawn from the generator even when its distribution
     comes from the cache, so a cached run trains exactly like an uncached one with the same seed.
     """
-    records, skipped = read_images(config.lora_data_directory, config.lora_trigger_word, report)
+    records, skipped = read_images(
+        config.lora_data_directory, config.lora_trigger_word, report,
+        use_filename=config.image_use_filename_as_tag, background=image_background(config),
+    )
     plan = bucket_plan(config)
     assignment = assign_images(config, plan, records, report)
     cache = LatentCache.for_vae(config.latent_cache_dir, vae) if config.latent_cache_dir else None

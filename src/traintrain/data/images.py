@@ -16,6 +16,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from traintrain.errors import UserError
 
+# image_use_transparent_background_ajust composites onto white (the option's first name in the
+# original was "white background adjust").
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".pcx", ".ico"})
 
 # What Pillow raises for files it cannot decode: unknown format, truncation, corrupt data.
@@ -72,15 +76,20 @@ def find_images(directory: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=lambda path: (path.relative_to(root).as_posix().casefold(), path.as_posix()))
 
 
-def load_image(path: str | os.PathLike[str]) -> LoadedImage:
-    """Read the first frame of an image, upright (EXIF orientation applied), as RGB plus mask."""
+def load_image(path: str | os.PathLike[str], background: tuple[int, int, int] | None = None) -> LoadedImage:
+    """Read the first frame of an image, upright (EXIF orientation applied), as RGB plus mask.
+
+    A transparent image's RGB is what its pixels hold under the alpha (often black or leftover
+    colours); with `background` it is composited onto that colour instead, so the VAE sees a
+    clean background. The alpha mask is kept either way.
+    """
     path = Path(path)
     try:
         with Image.open(path) as opened:
             opened.seek(0)
             opened.load()
             upright = ImageOps.exif_transpose(opened)
-            return _to_rgb_and_mask(upright)
+            return _to_rgb_and_mask(upright, background)
     except UnidentifiedImageError as error:
         reason = "empty file" if path.stat().st_size == 0 else "not an image format Pillow can read"
         raise BadImage(path, reason) from error
@@ -88,13 +97,16 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise BadImage(path, str(error) or type(error).__name__) from error
 
 
-def _to_rgb_and_mask(image: Image.Image) -> LoadedImage:
+def _to_rgb_and_mask(image: Image.Image, background: tuple[int, int, int] | None = None) -> LoadedImage:
     if image.mode.startswith("I") or image.mode == "F":
         image = _scaled_to_8bit(image)
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
         mask = None if alpha.min() >= 1.0 else alpha
+        if background is not None and mask is not None:
+            backdrop = Image.new("RGBA", rgba.size, (*background, 255))
+            return LoadedImage(Image.alpha_composite(backdrop, rgba).convert("RGB"), mask)
         return LoadedImage(rgba.convert("RGB"), mask)
     return LoadedImage(image.convert("RGB"), None)
 

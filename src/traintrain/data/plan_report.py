@@ -59,5 +59,7 @@ def dry_run(config, report: Reporter) -> tuple[BucketPlan, BucketAssignment | No
     plan = bucket_plan(config)
     if not config.lora_data_directory:
         return plan, None
-    records, _ = read_images(config.lora_data_directory, config.lora_trigger_word, report)
+    records, _ = read_images(
+        config.lora_data_directory, config.lora_trigger_word, report, use_filename=config.image_use_filename_as_tag
+    )
     return plan, assign_images(config, plan, records, report)

@@ -34,12 +34,46 @@ def training_noise(shape, generator, offset: float) -> torch.Tensor:
     return noise
 
 
-def denoising_step_loss(components, scheduler, latents, conditioning, config, generator, mask=None) -> torch.Tensor:
-    """LoRA loss: t ~ U[min_t, max_t), x_t = add_noise(x0, eps, t), target eps (or v), min-SNR weighted."""
+class FixedNoise:
+    """`diff_use_fixed_noise`: one noise per batch shape, drawn once from the seed and reused every step.
+
+    Drawn from its own generator seeded with the run's seed, so a resumed run gets the same noise
+    without it being part of the resumable state.
+    """
+
+    def __init__(self, seed: int, offset: float = 0.0):
+        self.seed, self.offset = seed, offset
+        self.by_shape: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, shape) -> torch.Tensor:
+        key = tuple(shape)
+        if key not in self.by_shape:
+            self.by_shape[key] = training_noise(key, torch.Generator().manual_seed(self.seed), self.offset)
+        return self.by_shape[key]
+
+
+def fixed_noise_for(config, seed: int) -> FixedNoise | None:
+    return FixedNoise(seed, config.train_noise_offset) if config.diff_use_fixed_noise else None
+
+
+def training_timesteps(batch: int, low: int, high: int, generator, shared: bool = False) -> torch.Tensor:
+    """t ~ U[low, high) per sample, or with `shared` (train_fixed_timsteps_in_batch) one t for the whole batch."""
+    if shared:
+        return torch.randint(low, high, (1,), generator=generator).repeat(batch)
+    return torch.randint(low, high, (batch,), generator=generator)
+
+
+def denoising_step_loss(components, scheduler, latents, conditioning, config, generator, mask=None,
+                        noise: torch.Tensor | None = None) -> torch.Tensor:
+    """LoRA loss: t ~ U[min_t, max_t), x_t = add_noise(x0, eps, t), target eps (or v), min-SNR weighted.
+
+    `noise`: use this noise (diff_use_fixed_noise) instead of drawing fresh noise.
+    """
     batch = latents.shape[0]
-    noise = training_noise(latents.shape, generator, config.train_noise_offset)
-    timesteps = torch.randint(
-        config.train_min_timesteps, config.train_max_timesteps, (batch,), generator=generator
+    if noise is None:
+        noise = training_noise(latents.shape, generator, config.train_noise_offset)
+    timesteps = training_timesteps(
+        batch, config.train_min_timesteps, config.train_max_timesteps, generator, config.train_fixed_timsteps_in_batch
     )
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if components.v_prediction:

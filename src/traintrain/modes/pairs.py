@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from traintrain.data.buckets import BucketPlan
-from traintrain.data.captions import compose_caption, read_caption
+from traintrain.data.captions import image_caption
 from traintrain.data.dataset import encode_latents, image_to_tensor
 from traintrain.data.images import IMAGE_EXTENSIONS, LoadedImage, find_images, load_image
 from traintrain.errors import UserError
@@ -28,12 +28,16 @@ class PairSample:
     mask: torch.Tensor | None = None  # [1, h, w] where the images differ
 
 
-def load_pair(original: str | Path, target: str | Path) -> tuple[LoadedImage, LoadedImage]:
-    """Both images, which must have the same size (the copier and the difference share a frame)."""
+def load_pair(original: str | Path, target: str | Path,
+              background: tuple[int, int, int] | None = None) -> tuple[LoadedImage, LoadedImage]:
+    """Both images, which must have the same size (the copier and the difference share a frame).
+
+    `background`: transparent images are composited onto it (image_use_transparent_background_ajust).
+    """
     for label, path in (("original_image", original), ("target_image", target)):
         if not path or not Path(path).is_file():
             raise UserError(f"{label}: image '{path}' not found; give an existing image file")
-    first, second = load_image(original), load_image(target)
+    first, second = load_image(original, background), load_image(target, background)
     if first.image.size != second.image.size:
         (w1, h1), (w2, h2) = first.image.size, second.image.size
         raise UserError(
@@ -94,5 +98,5 @@ def find_pairs(folder: str | Path, target_suffix: str) -> list[tuple[Path, Path]
     return pairs
 
 
-def pair_caption(path: Path, trigger: str) -> str:
-    return compose_caption(trigger, read_caption(path))
+def pair_caption(path: Path, trigger: str, use_filename: bool = False) -> str:
+    return image_caption(path, trigger, use_filename)
