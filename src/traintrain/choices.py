@@ -12,6 +12,8 @@ class Choice(str, enum.Enum):
 
     @classmethod
     def parse(cls, text: str, field_name: str):
+        if isinstance(text, cls):
+            return text
         wanted = str(text).strip().lower()
         for member in cls:
             if member.value.lower() == wanted:
@@ -102,7 +104,8 @@ class NoiseScheduler(Choice):
     UNIPC = "UniPC"
 
 
+TEXT_ENCODER_BLOCK = "BASE"  # the block id that selects the text encoder(s)
 UNET_BLOCK_IDS = tuple(
     [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 )
-ALL_BLOCK_IDS = ("BASE",) + UNET_BLOCK_IDS
+ALL_BLOCK_IDS = (TEXT_ENCODER_BLOCK,) + UNET_BLOCK_IDS

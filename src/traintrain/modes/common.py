@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from traintrain.choices import TEXT_ENCODER_BLOCK
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.modes.registry import ModeOutcome
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
@@ -15,7 +16,7 @@ from traintrain.training.loop import TrainingTask, run_loop
 def prompt_only_spec(config) -> NetworkSpec:
     """iLECO and Difference never train the text encoder (the seed: BASE is not used there)."""
     spec = NetworkSpec.from_config(config)
-    return dataclasses.replace(spec, blocks=[b for b in spec.blocks if b != "BASE"])
+    return dataclasses.replace(spec, blocks=[b for b in spec.blocks if b != TEXT_ENCODER_BLOCK])
 
 
 def build_network(components, spec: NetworkSpec, run, resume: str = "") -> AdapterNetwork:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from traintrain.config import ALL_BLOCK_IDS
+from traintrain.choices import ALL_BLOCK_IDS, TEXT_ENCODER_BLOCK, NetworkType
 from traintrain.errors import UserError
 from traintrain.networks.kohya_format import NETWORK_MODULES, load_lora
 from traintrain.networks.targeting import block_id_of
@@ -36,7 +36,7 @@ class ModuleInfo:
 class LoraSummary:
     file: str
     family: str
-    network_type: str
+    network_type: NetworkType
     network_module: str
     unet_modules: int
     text_encoder_modules: int
@@ -54,6 +54,7 @@ class LoraSummary:
 
     def to_json(self) -> dict:
         data = asdict(self)
+        data["network_type"] = self.network_type.value
         data["module_count"] = self.module_count
         return data
 
@@ -81,7 +82,7 @@ def inspect_lora(path) -> LoraSummary:
 def block_of(stem: str) -> str | None:
     """A1111 block id of a kohya module name, in SGM (SDXL) or diffusers (SD1/SD2) naming."""
     if stem.startswith("lora_te"):
-        return "BASE"
+        return TEXT_ENCODER_BLOCK
     match = SGM_BLOCK.match(stem)
     if match:
         if match[1] is not None:
@@ -94,16 +95,16 @@ def block_of(stem: str) -> str | None:
     return None
 
 
-def _network_type(stems: dict) -> str:
+def _network_type(stems: dict) -> NetworkType:
     suffixes = {suffix for parts in stems.values() for suffix in parts}
     if any(s.startswith("hada_") for s in suffixes):
-        return "loha"
+        return NetworkType.LOHA
     if any(s.startswith("lokr_") for s in suffixes):
-        return "lokr"
+        return NetworkType.LOKR
     if "lora_down.weight" not in suffixes:
         raise UserError(f"unknown adapter tensors ({', '.join(sorted(suffixes)[:4])}); inspect reads LoRA, LoCon, LoHa and LoKr files")
     kxk = any(parts["lora_down.weight"].ndim == 4 and parts["lora_down.weight"].shape[-1] > 1 for parts in stems.values())
-    return "c3lier" if kxk else "lierla"
+    return NetworkType.C3LIER if kxk else NetworkType.LIERLA
 
 
 def _module_info(parts: dict) -> ModuleInfo:
@@ -151,7 +152,7 @@ def format_summary(summary: LoraSummary, value_width: int = 100) -> str:
     lines = [
         f"file: {summary.file}",
         f"family: {summary.family}",
-        f"network: {summary.network_type} ({summary.network_module})",
+        f"network: {summary.network_type.value} ({summary.network_module})",
         f"modules: {summary.module_count} (UNet {summary.unet_modules}, text encoder {summary.text_encoder_modules})",
     ]
     if len(groups) == 1:

@@ -11,11 +11,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from traintrain import __version__
+from traintrain.choices import NetworkType
 from traintrain.errors import UserError
 from traintrain.fileio import atomic_path
 
 # kohya's ss_network_module: LoRA/LoCon load as networks.lora, LyCORIS algorithms as lycoris.kohya.
-NETWORK_MODULES = {"lierla": "networks.lora", "c3lier": "networks.lora", "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
+NETWORK_MODULES = {
+    NetworkType.LIERLA: "networks.lora", NetworkType.C3LIER: "networks.lora", NetworkType.LOHA: "lycoris.kohya",
+    NetworkType.LOKR: "lycoris.kohya",
+}
 
 
 def save_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -76,7 +80,7 @@ def build_metadata(
         "ss_training_comment": f"TrainTrain {__version__}, mode {config.mode}",
         "traintrain_mode": config.mode,
         "traintrain_blocks": ",".join(spec.blocks),
-        "traintrain_element": spec.element,
+        "traintrain_element": spec.element.value,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": family_spec.modelspec_architecture,
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from traintrain.choices import TEXT_ENCODER_BLOCK, NetworkElement, NetworkType
 from traintrain.errors import UserError
 from traintrain.models.families import Family
 from traintrain.networks.base import AdapterModule
@@ -18,41 +19,49 @@ from traintrain.networks.lokr import LoKrModule
 from traintrain.networks.targeting import resolve_blocks, text_encoder_targets, unet_targets
 
 # network_type -> module class; every type but lierla also adapts the ResNet and sampler convs.
-MODULE_CLASSES = {"lierla": LoRAModule, "c3lier": LoRAModule, "loha": LoHaModule, "lokr": LoKrModule}
-LYCORIS_ALGOS = {"c3lier": "locon", "loha": "loha", "lokr": "lokr"}
+MODULE_CLASSES = {
+    NetworkType.LIERLA: LoRAModule, NetworkType.C3LIER: LoRAModule, NetworkType.LOHA: LoHaModule,
+    NetworkType.LOKR: LoKrModule,
+}
+LYCORIS_ALGOS = {NetworkType.C3LIER: "locon", NetworkType.LOHA: "loha", NetworkType.LOKR: "lokr"}
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
     """What to build: algorithm, sizes, and which layers."""
 
-    network_type: str = "lierla"
+    network_type: NetworkType = NetworkType.LIERLA
     rank: int = 16
     alpha: float = 8.0
     conv_rank: int = 0  # 0 = rank
     conv_alpha: float = 0.0  # 0 = alpha
     blocks: list = field(default_factory=list)
-    element: str = "Full"
+    element: NetworkElement = NetworkElement.FULL
+
+    def __post_init__(self):
+        """Names given as text ("loha", "CrossAttention") become the enums the code compares."""
+        object.__setattr__(self, "network_type", NetworkType.parse(self.network_type, "network_type"))
+        object.__setattr__(self, "element", NetworkElement.parse(self.element, "network_element"))
 
     @classmethod
     def from_config(cls, config) -> "NetworkSpec":
         return cls(
-            network_type=config.network_type.value,
+            network_type=config.network_type,
             rank=config.network_rank,
             alpha=config.network_alpha,
             conv_rank=config.network_conv_rank,
             conv_alpha=config.network_conv_alpha,
             blocks=list(config.network_blocks),
-            element=config.network_element.value,
+            element=config.network_element,
         )
 
     @property
     def trains_text_encoder(self) -> bool:
-        return "BASE" in self.blocks and self.element == "Full"
+        return TEXT_ENCODER_BLOCK in self.blocks and self.element is NetworkElement.FULL
 
     @property
     def with_conv_blocks(self) -> bool:
-        return self.network_type != "lierla"
+        return self.network_type is not NetworkType.LIERLA
 
     @property
     def network_args(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from traintrain.config import UNET_BLOCK_IDS
+from traintrain.choices import TEXT_ENCODER_BLOCK, UNET_BLOCK_IDS, NetworkElement
 from traintrain.errors import UserError
 from traintrain.networks.sgm_names import sgm_module_paths
 
@@ -63,9 +63,9 @@ def resolve_blocks(selected: list[str], unet) -> list[str]:
     Every SD1/SD2 UNet id selected (the default and the presets) means every block, so the same
     settings train all of an SDXL UNet, which has fewer blocks.
     """
-    valid = ("BASE",) + unet_block_ids(unet)
+    valid = (TEXT_ENCODER_BLOCK,) + unet_block_ids(unet)
     if set(UNET_BLOCK_IDS) <= set(selected):
-        return [b for b in valid if b != "BASE" or "BASE" in selected]
+        return [b for b in valid if b != TEXT_ENCODER_BLOCK or TEXT_ENCODER_BLOCK in selected]
     unknown = [b for b in selected if b not in valid]
     if unknown:
         raise UserError(
@@ -74,10 +74,10 @@ def resolve_blocks(selected: list[str], unet) -> list[str]:
     return list(selected)
 
 
-def _element_allows(path: str, element: str) -> bool:
-    if element == "CrossAttention":
+def _element_allows(path: str, element: NetworkElement) -> bool:
+    if element is NetworkElement.CROSS_ATTENTION:
         return ".attn2." in f".{path}."
-    if element == "SelfAttention":
+    if element is NetworkElement.SELF_ATTENTION:
         return ".attn1." in f".{path}."
     return True
 
@@ -92,7 +92,7 @@ def _trainable_children(container: nn.Module, include_kxk: bool):
                 yield name, child, is_kxk
 
 
-def unet_targets(unet, *, blocks: list[str], element: str, with_conv_blocks: bool, sgm_names: bool = False) -> list[Target]:
+def unet_targets(unet, *, blocks: list[str], element: NetworkElement, with_conv_blocks: bool, sgm_names: bool = False) -> list[Target]:
     """UNet layers to adapt, in module order, named as kohya does: diffusers paths (SD1/SD2) or SGM (SDXL)."""
     per_level = unet.config.layers_per_block
     if isinstance(per_level, (list, tuple)):
@@ -124,5 +124,5 @@ def text_encoder_targets(text_encoder, prefix: str) -> list[Target]:
             full = f"{path}.{child_name}"
             if not full.startswith("text_model."):
                 full = "text_model." + full  # transformers 5 drops the prefix kohya names keep
-            targets.append(Target(f"{prefix}_" + full.replace(".", "_"), child, "BASE", False))
+            targets.append(Target(f"{prefix}_" + full.replace(".", "_"), child, TEXT_ENCODER_BLOCK, False))
     return targets

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from traintrain.choices import TEXT_ENCODER_BLOCK
 from traintrain.errors import OUTPUT_DIR, UserError
 from traintrain.models.loading import WeightShapes, read_weight_shapes
 from traintrain.training.optimizers import check_optimizer
@@ -46,7 +47,7 @@ def check_latent_cache_dir(config) -> None:
 
 def check_disk_space(config, plan: OutputPlan, shapes: WeightShapes, file_names: list[str]) -> None:
     """Room for every file the run saves, each at its upper-bound size (see lora_size_bound)."""
-    weights = shapes.unet + (shapes.text_encoders if "BASE" in config.network_blocks else [])
+    weights = shapes.unet + (shapes.text_encoders if TEXT_ENCODER_BLOCK in config.network_blocks else [])
     loras = sum(name.endswith(".safetensors") for name in file_names)
     height, width = config.image_size
     prompts = max(2, len([p for p in re.split(r"[;\n]", config.preview_prompts) if p.strip()]))

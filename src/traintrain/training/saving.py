@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from traintrain.choices import NetworkType
 from traintrain.errors import OUTPUT_DIR, UserError
 from traintrain.fileio import check_plain_name, remove_stale_temps
 from traintrain.networks.kohya_format import build_metadata, save_lora
@@ -71,13 +72,13 @@ def lora_size_bound(weight_shapes, config) -> int:
     conv too), as if all blocks were trained: never less than the real file, and within a small
     factor of it (about 1.5-2x on the tiny models).
     """
-    kind = config.network_type.value
+    kind = config.network_type
     values = tensors = 0
     for shape in weight_shapes:
         if len(shape) < 2:
             continue
         kernel = math.prod(shape[2:])
-        if kernel > 1 and kind == "lierla":
+        if kernel > 1 and kind is NetworkType.LIERLA:
             continue
         rank = (config.network_conv_rank or config.network_rank) if kernel > 1 else config.network_rank
         values += _module_values(kind, rank, shape[0], shape[1], kernel)
@@ -85,13 +86,13 @@ def lora_size_bound(weight_shapes, config) -> int:
     return values * BYTES_PER_VALUE[config.save_precision.value] + tensors * HEADER_BYTES_PER_TENSOR + METADATA_BYTES
 
 
-def _module_values(kind: str, rank: int, fan_out: int, channels_in: int, kernel: int) -> int:
+def _module_values(kind: NetworkType, rank: int, fan_out: int, channels_in: int, kernel: int) -> int:
     """Saved values of one module: LoRA's down/up pair, LoHa's two pairs, LoKr's Kronecker factors."""
-    if kind == "lokr":
+    if kind is NetworkType.LOKR:
         (a, b), (c, d) = factorization(fan_out), factorization(channels_in)
         w2 = b * d * kernel if rank >= max(b, d) / 2 else rank * (b + d * kernel)
         return a * c + w2 + 1
-    pairs = 2 if kind == "loha" else 1
+    pairs = 2 if kind is NetworkType.LOHA else 1
     return pairs * rank * (channels_in * kernel + fan_out) + 1
 
 
