@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", metavar="FILE", help="start from a settings JSON file")
     source.add_argument(
         "--resume", metavar="STATE",
-        help="continue a stopped run from its {name}_{step}steps.state (settings, seed and position come from it; "
+        help="continue a stopped run from its {name}_{step}steps.state, or a finished one (save_state=true) from its "
+        "{name}.state with --set train_iterations=N (settings, seed and position come from the state; "
         "--model, --output-dir and --tokenizer may point elsewhere)",
     )
     train.add_argument("--mode", help="LoRA, iLECO or Difference (case-insensitive)")
@@ -172,23 +173,29 @@ def _command_train(args) -> int:
     from traintrain.jobs.runner import resume_job, run_job
 
     output_dir = Path(args.output_dir) if args.output_dir else None
+    resume_values = parse_assignments(args.set) if args.resume else {}
     if args.resume:
-        given = [option for option, value in (("--mode", args.mode), ("--data", args.data), ("--set", args.set),
+        given = [option for option, value in (("--mode", args.mode), ("--data", args.data),
                                               ("--nan-policy", args.nan_policy)) if value]
+        given += [f"--set {key}" for key in resume_values if key != "train_iterations"]
         if given:
-            raise UserError(f"--resume takes the settings from the state; drop {', '.join(given)}")
+            raise UserError(f"--resume takes the settings from the state (only --set train_iterations=N may change); "
+                            f"drop {', '.join(given)}")
         if args.model and not Path(args.model).exists():
             raise UserError(f"model not found: {args.model} (give a .safetensors/.ckpt file or a diffusers folder)")
     else:
         config = config_from_args(args)
         if config.model and not Path(config.model).exists():
             raise UserError(f"model not found: {config.model} (give a .safetensors/.ckpt file or a diffusers folder)")
+    iterations = None
+    if "train_iterations" in resume_values:
+        iterations = TrainConfig().with_values(train_iterations=resume_values["train_iterations"]).train_iterations
     stop = threading.Event()
     try:
         with stop_on_signals(stop), ProgressPrinter() as printer:
             if args.resume:
                 result = resume_job(Path(args.resume), output_dir=output_dir, tokenizer_dir=args.tokenizer,
-                                    model=args.model, report=printer, stop=stop)
+                                    model=args.model, train_iterations=iterations, report=printer, stop=stop)
             else:
                 printer.verbose = config.logging_verbose
                 result = run_job(config, output_dir=output_dir or Path("output"), tokenizer_dir=args.tokenizer,

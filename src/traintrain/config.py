@@ -109,6 +109,9 @@ class TrainConfig:
     image_mirroring: bool = _param(False, "also train on horizontally flipped images")
     save_per_steps: int = _param(0, "also save every N steps (0 = only at the end)", minimum=0)
     save_overwrite: bool = _param(False, "allow replacing an existing file of the same name")
+    save_state: bool = _param(
+        False, "keep the finished run's resumable state ({name}.state) to continue it later to more train_iterations"
+    )
     save_as_json: bool = _param(False, "archive the settings as JSON next to the LoRA")
     model_v_pred: bool = _param(False, "the model is an SD2.x v-prediction model")
     train_model_precision: Precision = _param(Precision.FP16, "precision of the frozen model")

@@ -15,7 +15,7 @@ import torch
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.modes.previews import render_previews
-from traintrain.modes.registry import ModeOutcome, TrainingMode, get_mode
+from traintrain.modes.registry import ModeOutcome, TrainingMode, every, get_mode
 from traintrain.training.checkpoint import Checkpoints, load_state
 from traintrain.training.context import RunContext
 from traintrain.training.events import Message, Reporter, ignore
@@ -54,9 +54,14 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     mode = check_inputs(config)
     check_training_options(config)
     plan = OutputPlan(Path(output_dir), check_save_name(config.output_name))
-    # a resumed job wrote its other files (Difference's copier) itself before it stopped
+    final_suffix = continuation_suffix(config, resume)
     files = mode.planned_files(config)
-    plan.check_free(config.save_overwrite, [plan.path().name] if resume else files)
+    if resume:  # the interrupted run wrote its other files (Difference's copier) itself; see continuation_suffix
+        files = [f"{plan.name}{final_suffix}.safetensors"] + [
+            f"{plan.name}_{step}steps.safetensors" for step in every(config.save_per_steps, config.train_iterations)
+            if step > resume["progress"]["step"]
+        ] + ([f"{plan.name}{final_suffix}_preview.png"] if mode.preview_prompts(config) else [])
+    plan.check_free(config.save_overwrite, files)
     check_resources(config, mode, plan, files)  # model headers, images, disk space for every file
     plan.check_writable()
 
@@ -75,7 +80,8 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     report = RunLogs(config, Path(output_dir), seed, report)  # CSV, TensorBoard and JSON records of the run
     report(Message(f"model {components.family.value} from {config.model}; seed {seed}; device {device.type}"))
     started_at = resume["job"]["started_at"] if resume else time.time()
-    writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, started_at)
+    writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, started_at,
+                        final_suffix=final_suffix)
     job = {"config": config.to_json_dict(), "output_dir": str(output_dir), "tokenizer_dir": tokenizer_dir,
            "seed": seed, "started_at": started_at}
     checkpoints = Checkpoints(job, generator, resume, stop)
@@ -83,15 +89,27 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
                      report, checkpoints)
     outcome = mode.train(config, components, run)
     if mode.preview_prompts(config):
-        outcome.preview = render_previews(config, components, outcome.network, outcome.copier, run)
+        outcome.preview = render_previews(config, components, outcome.network, outcome.copier, run, suffix=final_suffix)
     checkpoints.discard_written()
     return JobResult(outcome.path, outcome.losses, seed, outcome)
 
 
-def resume_job(state_path: Path, *, output_dir: Path | None = None, tokenizer_dir: str | None = None,
-               model: str | None = None, report: Reporter = ignore, stop: threading.Event | None = None) -> JobResult:
-    """Continue an interrupted job from `{name}_{k}steps.state`: its settings, seed and position.
+def continuation_suffix(config: TrainConfig, resume: dict | None) -> str:
+    """"_{N}steps" when a finished run (its save_state) is continued to N steps, else "".
 
+    The first run's `{name}.safetensors` is kept; the network at N steps is saved, as a periodic save
+    would be, as `{name}_{N}steps` (with its preview and, with save_state, its state).
+    """
+    return f"_{config.train_iterations}steps" if resume and resume.get("final") else ""
+
+
+def resume_job(state_path: Path, *, output_dir: Path | None = None, tokenizer_dir: str | None = None,
+               model: str | None = None, train_iterations: int | None = None, report: Reporter = ignore,
+               stop: threading.Event | None = None) -> JobResult:
+    """Continue a job from a state: an interrupted one's `{name}_{k}steps.state`, or a finished one's
+    `{name}.state` (kept with save_state), with its settings, seed and position.
+
+    `train_iterations` trains on to that many steps in all (a finished run needs more than it had).
     Relative paths in the settings are read from the current folder, as in the first run; `model`
     points to the base model when it has moved.
     """
@@ -100,6 +118,15 @@ def resume_job(state_path: Path, *, output_dir: Path | None = None, tokenizer_di
     config = TrainConfig.from_json_dict(job["config"], source=str(state_path))
     if model:
         config = config.with_values(model=model)
+    done = state["progress"]["step"]
+    if train_iterations is not None:
+        config = config.with_values(train_iterations=train_iterations)
+    if state.get("final") and config.train_iterations <= done:
+        raise UserError(f"the state {state_path} is of a finished run of {done} steps",
+                        f"set train_iterations above {done} to train on", field="train_iterations")
+    if config.train_iterations < done:
+        raise UserError(f"the state {state_path} is at step {done}", f"set train_iterations to at least {done}",
+                        field="train_iterations")
     report(Message(f"resuming from {state_path}: {state['phase']} step {state['progress']['step']}"))
     return run_job(
         config, output_dir=Path(output_dir or job["output_dir"]), tokenizer_dir=tokenizer_dir or job["tokenizer_dir"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
@@ -73,6 +74,8 @@ def train_result_network(phase: str, network, config, compute_loss, components, 
         lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
         config.preview_every_steps if preview_prompts(config) else 0, preview, data_order, run.checkpoints,
     )
+    saved: list[Path] = []
+    task.on_final_save = lambda: saved.append(run.writer.save(network, steps=config.train_iterations)) or saved[-1]
+    task.keep_final_state = config.save_state
     result = run_loop(task, config, run.report)
-    path = run.writer.save(network, steps=config.train_iterations)
-    return ModeOutcome(path, result.losses, network, copier)
+    return ModeOutcome(saved[-1], result.losses, network, copier)

@@ -59,25 +59,32 @@ def train_copier(config, components, run, samples, cond):
         tensors, _ = load_lora(config.diff_load_1st_pass)
         copier.load_tensors(tensors, source=config.diff_load_1st_pass)
         run.report(Message(f"copier loaded from {config.diff_load_1st_pass}"))
-        return copier, []
+        return copier, [], []
     compute_loss, picker = image_loss_fn(components, config, run, [s.original for s in samples], cond)
-    suffix = "" if config.diff_1st_pass_only else "_copy"
+    result_only = config.diff_1st_pass_only  # the copier is the job's result
+    suffix = "" if result_only else "_copy"
+    saved: list[Path] = []
+
+    def save_final() -> Path:
+        saved.append(run.writer.save(copier, suffix=suffix, steps=config.train_iterations))
+        return saved[-1]
+
     task = TrainingTask(
         "copier", parameter_groups(copier, config), compute_loss, config.train_iterations,
         on_save=lambda step: run.writer.save(copier, suffix=f"{suffix}_{step}steps", steps=step),  # used by stops
         data_order=picker, checkpoints=run.checkpoints,
+        on_final_save=save_final if result_only or config.diff_save_1st_pass else None,
+        keep_final_state=result_only and config.save_state,
     )
     result = run_loop(task, config, run.report)
-    if config.diff_save_1st_pass and not config.diff_1st_pass_only:
-        run.writer.save(copier, suffix="_copy", steps=config.train_iterations)
-    return copier, result.losses
+    return copier, result.losses, saved
 
 
 def train_difference(config, components, run) -> ModeOutcome:
     samples, cond = prepare_pair(config, components, run)
-    copier, copier_losses = train_copier(config, components, run, samples, cond)
+    copier, copier_losses, saved = train_copier(config, components, run, samples, cond)
     if config.diff_1st_pass_only:
-        path = run.writer.save(copier, steps=config.train_iterations)
+        path = saved[-1] if saved else run.writer.save(copier, steps=config.train_iterations)  # a loaded copier
         return ModeOutcome(path, copier_losses, copier, extras={"copier_losses": copier_losses, "samples": samples})
     copier.requires_grad_(False)  # frozen, but stays applied at multiplier 1 under the difference LoRA
 

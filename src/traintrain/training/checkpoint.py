@@ -65,10 +65,15 @@ class Checkpoints:
         self.finished: dict[str, dict] = {}  # phase -> {"params", "progress"} of phases done
         self.written: list[Path] = []
 
-    def save(self, lora_path: Path, phase: str, progress: dict, params, training, data_order) -> Path:
-        """Write the state beside `lora_path` (called in training mode, after the step's saves)."""
+    def save(self, lora_path: Path, phase: str, progress: dict, params, training, data_order, *,
+             final: bool = False) -> Path:
+        """Write the state beside `lora_path` (called in training mode, after the step's saves).
+
+        A `final` state (save_state: the finished run's) is kept when the run completes; the run
+        can be continued from it to more steps.
+        """
         state = {
-            "format": FORMAT, "job": self.job, "phase": phase, "progress": progress,
+            "format": FORMAT, "job": self.job, "phase": phase, "progress": progress, "final": final,
             "params": [p.detach().cpu().clone() for p in params],
             "optimizer": training.optimizer.state_dict(),
             "scheduler": training.scheduler.state_dict(),
@@ -85,7 +90,7 @@ class Checkpoints:
         for old in self.written:
             if old != path:
                 old.unlink(missing_ok=True)
-        self.written = [path]
+        self.written = [] if final else [path]
         return path
 
     def restore(self, phase: str, params, training, data_order) -> dict | None:
@@ -93,12 +98,12 @@ class Checkpoints:
         state = self.resumed
         if state is None:
             return None
-        if phase in state["finished"]:
-            done = state["finished"][phase]
-            _copy_params(params, done["params"], phase)
-            return dict(done["progress"])
         if phase != state["phase"]:
-            return None
+            if phase not in state["finished"]:
+                return None
+            done = state["finished"][phase]  # an earlier phase (Difference's copier): not trained again
+            _copy_params(params, done["params"], phase)
+            return dict(done["progress"], finished=True)
         _copy_params(params, state["params"], phase)
         training.optimizer.load_state_dict(state["optimizer"])
         training.scheduler.load_state_dict(state["scheduler"])

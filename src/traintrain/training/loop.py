@@ -47,6 +47,8 @@ class TrainingTask:
     on_preview: Callable[[int], None] | None = None
     data_order: DataOrder | None = None
     checkpoints: Checkpoints | None = None
+    on_final_save: Callable[[], Path] | None = None  # writes the phase's result after its last step
+    keep_final_state: bool = False  # save_state: also write a state beside the result, to continue later
 
 
 @dataclass
@@ -68,21 +70,20 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
     params = [p for group in task.param_groups for p in group["params"]]
     checkpoints = task.checkpoints
     training.before_training()
-    result, start = LoopResult(), 0
+    result, start, finished = LoopResult(), 0, False
     restored = checkpoints.restore(task.phase, params, training, task.data_order) if checkpoints else None
     if restored:
+        finished = restored.pop("finished", False)
         start = restored.pop("step")
         result = LoopResult(**restored)
-        report(Message(f"{task.phase}: resumed after step {start} of {task.iterations}"))
+        if finished:
+            start = task.iterations
+        else:
+            report(Message(f"{task.phase}: resumed after step {start} of {task.iterations}"))
     last_saved = None
     started = time.monotonic()
     for step in range(start + 1, task.iterations + 1):
-        loss = task.compute_loss(step)
-        problem = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
-        if problem is None:
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            problem = None if torch.isfinite(norm) else f"the gradient norm is {norm.item()}"
+        value, problem = _accumulate_gradients(task, step, config.gradient_accumulation_steps, params)
         if problem is None:
             optimizer.step()
         else:
@@ -91,7 +92,6 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
         learning_rate = training.learning_rate()
         training.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
         if problem is None:
             result.average = value if result.average is None else 0.9 * result.average + 0.1 * value
         result.losses.append(value)
@@ -120,9 +120,34 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
         if stop:
             raise TrainingStopped(task.phase, step, task.iterations, saved, state)
     training.before_save()
+    progress = {"step": task.iterations, **dataclasses.asdict(result)}
     if checkpoints:
-        checkpoints.phase_finished(task.phase, params, {"step": task.iterations, **dataclasses.asdict(result)})
+        checkpoints.phase_finished(task.phase, params, progress)
+    if task.on_final_save and not finished:  # a phase finished in an earlier run keeps its files
+        path = task.on_final_save()
+        if task.keep_final_state and checkpoints:
+            checkpoints.save(path, task.phase, progress, params, training, task.data_order, final=True)
     return result
+
+
+def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int, params) -> tuple[float, str | None]:
+    """Backward `micro_steps` batches' losses / micro_steps (gradient_accumulation_steps), then clip.
+
+    Every batch is drawn even after a non-finite one, so the data order always advances by
+    `micro_steps` per optimizer step. Returns the mean loss and what was wrong, if anything.
+    """
+    values, problem = [], None
+    for _ in range(micro_steps):
+        loss = task.compute_loss(step)
+        values.append(float(loss.detach()))
+        if problem is None and not torch.isfinite(loss):
+            problem = f"the loss is {loss.item()}"
+        if problem is None:
+            (loss if micro_steps == 1 else loss / micro_steps).backward()
+    if problem is None:
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        problem = None if torch.isfinite(norm) else f"the gradient norm is {norm.item()}"
+    return sum(values) / micro_steps, problem
 
 
 def _save(training, task: TrainingTask, step: int) -> Path:

@@ -109,9 +109,12 @@ class LoraWriter:
     started_at: float = field(default_factory=time.time)
     tag_frequency: dict = field(default_factory=dict)
     num_images: int = 0
+    # The result's name suffix: "" normally, "_{N}steps" when a finished run is continued to N steps
+    # (its first result keeps its name, and the file at N steps is named like a periodic save).
+    final_suffix: str = ""
 
     def save(self, network, *, suffix: str = "", steps: int, extra: dict | None = None) -> Path:
-        target = self.plan.path(suffix)
+        target = self.plan.path(suffix or self.final_suffix)
         tensors = network.tensors_for_save(DTYPES[self.config.save_precision], self.config.network_strength)
         metadata = build_metadata(
             config=self.config, spec=network.spec, family_spec=self.family_spec, v_prediction=self.v_prediction,
