@@ -5,18 +5,52 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import diffusers
 from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import is_scipy_available
 from PIL import Image, ImageDraw
 
+from traintrain.choices import NoiseScheduler
+from traintrain.errors import UserError
 from traintrain.models.families import NOISE_SCHEDULE, Family
 
+# gen_noise_scheduler -> the diffusers scheduler class and its options (the original's names).
+SAMPLERS: dict[NoiseScheduler, tuple[str, dict]] = {
+    NoiseScheduler.DDIM: ("DDIMScheduler", {}),
+    NoiseScheduler.DDPM: ("DDPMScheduler", {}),
+    NoiseScheduler.PNDM: ("PNDMScheduler", {"skip_prk_steps": True}),
+    NoiseScheduler.LMS: ("LMSDiscreteScheduler", {}),
+    NoiseScheduler.EULER: ("EulerDiscreteScheduler", {}),
+    NoiseScheduler.EULER_A: ("EulerAncestralDiscreteScheduler", {}),
+    NoiseScheduler.DPM_SOLVER: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
+    NoiseScheduler.DPM_SINGLE: ("DPMSolverSinglestepScheduler", {}),
+    NoiseScheduler.HEUN: ("HeunDiscreteScheduler", {}),
+    NoiseScheduler.DPM_2: ("KDPM2DiscreteScheduler", {}),
+    NoiseScheduler.DPM_2_A: ("KDPM2AncestralDiscreteScheduler", {}),
+    NoiseScheduler.DPM_PP_2M: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    NoiseScheduler.DPM_PP_2M_KARRAS: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    NoiseScheduler.UNIPC: ("UniPCMultistepScheduler", {}),
+}
 
-def pipeline_from_components(components):
-    """A diffusers pipeline sharing our loaded modules (adapters hooked into them stay active)."""
-    scheduler = DDIMScheduler(
+
+def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
+    """The sampler for previews, on the models' noise schedule (DDIM as configured before, else from its config)."""
+    base = DDIMScheduler(
         **NOISE_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-        prediction_type="v_prediction" if components.v_prediction else "epsilon",
+        prediction_type="v_prediction" if v_prediction else "epsilon",
     )
+    if sampler == NoiseScheduler.DDIM:
+        return base
+    if sampler == NoiseScheduler.LMS and not is_scipy_available():
+        raise UserError("the LMS sampler needs scipy, which is not installed",
+                        "install scipy or choose another gen_noise_scheduler", field="gen_noise_scheduler")
+    name, options = SAMPLERS[sampler]
+    return getattr(diffusers, name).from_config(base.config, **options)
+
+
+def pipeline_from_components(components, sampler: NoiseScheduler = NoiseScheduler.DDIM):
+    """A diffusers pipeline sharing our loaded modules (adapters hooked into them stay active)."""
+    scheduler = preview_scheduler(sampler, components.v_prediction)
     if components.family == Family.SDXL:
         return StableDiffusionXLPipeline(
             vae=components.vae, text_encoder=components.text_encoders[0], text_encoder_2=components.text_encoders[1],

@@ -35,7 +35,7 @@ def render_previews(config, components, network, copier, run, suffix: str = "") 
     if copier is not None:
         copier.set_enabled(False)
     try:
-        pipe = pipeline_from_components(components)
+        pipe = pipeline_from_components(components, config.gen_noise_scheduler)
         pipe.set_progress_bar_config(disable=True)
         columns = []
         for multiplier in MULTIPLIERS:
