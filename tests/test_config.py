@@ -34,7 +34,7 @@ CHANGED = {
     "train_nan_policy": "skip", "train_nan_skip_limit": 3,
     "image_use_filename_as_tag": True, "image_use_transparent_background_ajust": True,
     "gradient_accumulation_steps": 4, "train_fixed_timsteps_in_batch": True, "gen_noise_scheduler": "Euler a",
-    "network_train_text_encoder": True, "diff_use_fixed_noise": True,
+    "network_train_text_encoder": True, "diff_use_fixed_noise": True, "save_state": True,
 }
 
 
