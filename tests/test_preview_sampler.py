@@ -54,3 +54,11 @@ def test_previews_use_the_chosen_sampler(tmp_path, monkeypatch):
     result = run_job(config, output_dir=tmp_path / "out")
     assert result.path.is_file()
     assert used and all(cls is diffusers.EulerAncestralDiscreteScheduler for cls in used)
+
+
+@pytest.mark.skipif(is_scipy_available(), reason="scipy is installed here: LMS works")
+def test_a_missing_sampler_library_fails_before_training(tmp_path):
+    config = tiny_job(tmp_path, gen_noise_scheduler="LMS", preview_prompts="a red circle")
+    with pytest.raises(UserError, match="LMS sampler needs scipy") as info:
+        run_job(config, output_dir=tmp_path / "out")
+    assert info.value.field == "gen_noise_scheduler" and not (tmp_path / "out").exists()

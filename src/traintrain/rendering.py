@@ -33,6 +33,13 @@ SAMPLERS: dict[NoiseScheduler, tuple[str, dict]] = {
 }
 
 
+def check_sampler(sampler: NoiseScheduler) -> None:
+    """A sampler whose library is missing fails before training, not at the first preview."""
+    if sampler == NoiseScheduler.LMS and not is_scipy_available():
+        raise UserError("the LMS sampler needs scipy, which is not installed",
+                        "install scipy or choose another gen_noise_scheduler", field="gen_noise_scheduler")
+
+
 def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
     """The sampler for previews, on the models' noise schedule (DDIM as configured before, else from its config)."""
     base = DDIMScheduler(
@@ -41,9 +48,7 @@ def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
     )
     if sampler == NoiseScheduler.DDIM:
         return base
-    if sampler == NoiseScheduler.LMS and not is_scipy_available():
-        raise UserError("the LMS sampler needs scipy, which is not installed",
-                        "install scipy or choose another gen_noise_scheduler", field="gen_noise_scheduler")
+    check_sampler(sampler)
     name, options = SAMPLERS[sampler]
     return getattr(diffusers, name).from_config(base.config, **options)
 

@@ -15,6 +15,7 @@ import torch
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.modes.previews import render_previews
+from traintrain.rendering import check_sampler
 from traintrain.modes.registry import ModeOutcome, TrainingMode, every, get_mode
 from traintrain.training.checkpoint import Checkpoints, load_state
 from traintrain.training.context import RunContext
@@ -53,6 +54,8 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
 
     mode = check_inputs(config)
     check_training_options(config)
+    if mode.preview_prompts(config):
+        check_sampler(config.gen_noise_scheduler)
     plan = OutputPlan(Path(output_dir), check_save_name(config.output_name))
     final_suffix = continuation_suffix(config, resume)
     files = mode.planned_files(config)

@@ -9,7 +9,10 @@ from traintrain.data.images import BadImage, find_images, load_image
 from traintrain.errors import UserError
 
 # Field groups that several modes claim (see TrainingMode.fields).
-FRAME_FIELDS = ("image_buckets_step", "image_min_length", "image_max_ratio", "image_mirroring")  # images fitted to frames
+FRAME_FIELDS = (  # every mode that trains on images fits them to frames
+    "image_buckets_step", "image_min_length", "image_max_ratio", "image_mirroring",
+    "image_use_transparent_background_ajust",
+)
 IMAGE_FOLDER_FIELDS = ("lora_data_directory", "lora_trigger_word", "image_use_filename_as_tag")
 IMAGE_PAIR_FIELDS = ("original_image", "target_image", "diff_revert_original_target", "diff_use_fixed_noise")
 

@@ -78,7 +78,7 @@ class LoRAMode(TrainingMode):
     summary = "learn from a folder of captioned images (denoising loss)"
     fields = IMAGE_FOLDER_FIELDS + FRAME_FIELDS + (
         "sub_image_num", "image_num_multiply", "image_disable_upscale", "image_alpha_mask",
-        "image_use_transparent_background_ajust", "latent_cache_dir",
+        "latent_cache_dir",
     )
     phases = ("LoRA",)
     order = 0
