@@ -6,6 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from traintrain.errors import UserError
 from traintrain.models.families import Family
+from traintrain.models import tokenizers as tokenizer_lookup
 from traintrain.models.ldm_convert import components_to_ldm
 from traintrain.models.loading import load_model
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
@@ -142,7 +143,8 @@ def test_incomplete_unet_is_refused(tmp_path, written):
         load_model(path, tokenizer_dir=tokenizer_dir)
 
 
-def test_single_file_without_tokenizer_says_what_to_provide(tmp_path, written):
+def test_single_file_without_tokenizer_says_what_to_provide(tmp_path, written, monkeypatch):
+    monkeypatch.setattr(tokenizer_lookup, "find_clip_vocabulary", lambda: None)  # as without clip-anytorch
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes(written[Family.SD2, "single-file"].read_bytes())
     with pytest.raises(UserError, match=r"no sd2 tokenizer found offline; pass --tokenizer DIR"):

@@ -32,6 +32,7 @@ from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family, detect_family_from_ldm_keys
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
+from traintrain.training.events import Reporter, ignore
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -39,17 +40,19 @@ TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 V_PARAMETERIZATION = re.compile(r"""^\s*parameterization:\s*["']?v["']?\s*$""", re.MULTILINE)
 
 
-def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dtype=torch.float32) -> ModelComponents:
+def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dtype=torch.float32,
+               report: Reporter = ignore) -> ModelComponents:
     """UNet, VAE, text encoder(s) and tokenizer(s) of the model at `path`, never touching the network.
 
     `v_prediction`: an explicit value wins; else a `v_pred` marker key in the checkpoint, the diffusers
     scheduler config or a `X.yaml` beside the checkpoint with `parameterization: "v"` decides; else
-    epsilon-prediction.
+    epsilon-prediction. `report` gets a Message when the tokenizers are built from CLIP's vocabulary.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; check the model path", field="model")
-    components = _load_diffusers_folder(path, tokenizer_dir) if path.is_dir() else _load_single_file(path, tokenizer_dir)
+    load = _load_diffusers_folder if path.is_dir() else _load_single_file
+    components = load(path, tokenizer_dir, report)
     check_vocab_fits(components.tokenizers, components.text_encoders)
     for model in (components.unet, components.vae, *components.text_encoders):
         if model.dtype != dtype:  # diffusers warns about any cast, even a no-op one
@@ -172,10 +175,10 @@ def _torch_load(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
 # ---- single files -------------------------------------------------------------------------------
 
 
-def _load_single_file(path: Path, tokenizer_dir) -> ModelComponents:
+def _load_single_file(path: Path, tokenizer_dir, report: Reporter) -> ModelComponents:
     state = read_checkpoint(path)
     family = _detect_family(path, state)
-    tokenizers = find_tokenizers(family, path, tokenizer_dir)
+    tokenizers = find_tokenizers(family, path, tokenizer_dir, report)
     try:
         encoder_configs = _text_encoder_configs_from_ldm(family, state, tokenizers)
         unet_config = unet_config_from_ldm(family, state, encoder_configs)
@@ -339,14 +342,14 @@ def check_diffusers_folder(path: Path) -> None:
         )
 
 
-def _load_diffusers_folder(path: Path, tokenizer_dir) -> ModelComponents:
+def _load_diffusers_folder(path: Path, tokenizer_dir, report: Reporter) -> ModelComponents:
     check_diffusers_folder(path)
     family = _family_from_folder(path)
     unet = _from_pretrained(UNet2DConditionModel, path, "unet")
     vae = _from_pretrained(AutoencoderKL, path, "vae")
     classes = (CLIPTextModel, CLIPTextModelWithProjection) if family is Family.SDXL else (CLIPTextModel,)
     text_encoders = [_from_pretrained(cls, path, folder) for cls, folder in zip(classes, TEXT_ENCODER_FOLDERS)]
-    tokenizers = find_tokenizers(family, path, tokenizer_dir)
+    tokenizers = find_tokenizers(family, path, tokenizer_dir, report)
     return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=str(path))
 
 

@@ -1,13 +1,17 @@
 """CLIP tokenizers: a tiny in-memory one for tests and demos, and an offline search for real ones.
 
 Tokenizer files are small but not part of a single-file checkpoint, and we never reach the network,
-so they come from a folder the user names, the model's own folder, or the local Hugging Face cache.
+so they come from a folder the user names, the model's own folder, or the local Hugging Face cache;
+failing those, from the CLIP BPE vocabulary that ships inside the `clip` package (clip-anytorch).
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from transformers import CLIPTokenizer
@@ -15,6 +19,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from traintrain.errors import UserError
 from traintrain.models.families import Family
+from traintrain.training.events import Message, Reporter, ignore
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -32,6 +37,14 @@ HF_TOKENIZER_REPOS: dict[Family, list[list[tuple[str, str]]]] = {
     ],
 }
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+
+# CLIP's BPE vocabulary, shared by SD1, SD2 and SDXL; packages that ship it, in order of preference.
+CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCAB_PACKAGES = ("clip", "open_clip")  # clip-anytorch / openai-clip, open_clip_torch
+CLIP_VOCAB_SIZE = 49408  # 256 bytes, their end-of-word forms, 48894 merges, BOS, EOS
+# The padding token of each text encoder's tokenizer: OpenCLIP-trained ones (SD2, SDXL's second) pad with "!"
+# (id 0); as with their real tokenizer files, a "!" in a prompt then becomes id 0 too (diffusers issue 4153).
+CLIP_PAD_TOKENS = {Family.SD1: [EOS], Family.SD2: ["!"], Family.SDXL: [EOS, "!"]}
 
 
 def build_tiny_tokenizer() -> CLIPTokenizer:
@@ -69,11 +82,12 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + lines, encoding="utf-8")
 
 
-def find_tokenizers(family: Family, model_path, tokenizer_dir=None) -> list[CLIPTokenizer]:
+def find_tokenizers(family: Family, model_path, tokenizer_dir=None, report: Reporter = ignore) -> list[CLIPTokenizer]:
     """The family's tokenizer(s) (two for SDXL), found offline, or a UserError saying what to provide.
 
     Order: the user-named folder, the model's folder (diffusers `tokenizer/`, or `X.tokenizer/` beside
-    a single file `X.safetensors`), then the local Hugging Face cache.
+    a single file `X.safetensors`), the local Hugging Face cache, then tokenizers built from the CLIP
+    vocabulary of an installed `clip` package (reported as a Message).
     """
     count = 2 if family is Family.SDXL else 1
     if tokenizer_dir is not None:
@@ -89,9 +103,53 @@ def find_tokenizers(family: Family, model_path, tokenizer_dir=None) -> list[CLIP
     found = _from_folder(folder, count) if folder.is_dir() else None
     if found is None:
         found = _from_hf_cache(family)
+    if found is None and (vocabulary := find_clip_vocabulary()) is not None:
+        found = build_clip_tokenizers(family, vocabulary)
+        report(Message(f"no {family.value} tokenizer beside the model or in the Hugging Face cache; "
+                       f"built its tokenizer{'s' if count == 2 else ''} from CLIP's vocabulary in {vocabulary}"))
     if found is None:
         raise UserError(_missing_message(family, model_path, folder))
     return found
+
+
+def find_clip_vocabulary() -> Path | None:
+    """CLIP's BPE vocabulary file inside an installed package, located without importing it."""
+    for package in CLIP_VOCAB_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(location) / CLIP_VOCAB_FILE).is_file():
+                return Path(location) / CLIP_VOCAB_FILE
+    return None
+
+
+def build_clip_tokenizers(family: Family, vocabulary: Path) -> list[CLIPTokenizer]:
+    """The family's tokenizer(s), in memory, from CLIP's BPE vocabulary file: the ids of the real ones."""
+    vocab, merges = _read_clip_vocabulary(Path(vocabulary))
+    return [
+        CLIPTokenizer(vocab=dict(vocab), merges=list(merges), bos_token=BOS, eos_token=EOS, unk_token=EOS,
+                      pad_token=pad, model_max_length=MAX_LENGTH, name_or_path=str(vocabulary))
+        for pad in CLIP_PAD_TOKENS[family]
+    ]
+
+
+@lru_cache(maxsize=2)
+def _read_clip_vocabulary(path: Path) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """Vocabulary and merges laid out as CLIP's own SimpleTokenizer does (one merge per line after a header)."""
+    try:
+        lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read the CLIP vocabulary ({error}); reinstall clip-anytorch") from error
+    merge_count = CLIP_VOCAB_SIZE - 2 * 256 - 2
+    merges = tuple(tuple(line.split()) for line in lines[1 : 1 + merge_count])
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(pair) for pair in merges] + [BOS, EOS]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE or any(len(pair) != 2 for pair in merges):
+        raise UserError(f"{path}: not CLIP's BPE vocabulary ({len(vocab)} tokens); reinstall clip-anytorch")
+    return vocab, merges
 
 
 def check_vocab_fits(tokenizers, text_encoders) -> None:
@@ -160,5 +218,6 @@ def _missing_message(family: Family, model_path: Path, folder: Path) -> str:
     layout = "tokenizer/ and tokenizer_2/" if family is Family.SDXL else "vocab.json and merges.txt"
     return (
         f"{model_path}: no {family.value} tokenizer found offline; pass --tokenizer DIR (a folder with {layout}), "
-        f"put it in {folder}, or have {repos} in the Hugging Face cache ({_hf_hub_cache()})"
+        f"put it in {folder}, have {repos} in the Hugging Face cache ({_hf_hub_cache()}), "
+        f"or install clip-anytorch (its CLIP vocabulary gives every family's tokenizer)"
     )
