@@ -147,7 +147,7 @@ def test_single_file_without_tokenizer_says_what_to_provide(tmp_path, written, m
     monkeypatch.setattr(tokenizer_lookup, "find_clip_vocabulary", lambda: None)  # as without clip-anytorch
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes(written[Family.SD2, "single-file"].read_bytes())
-    with pytest.raises(UserError, match=r"no sd2 tokenizer found offline; pass --tokenizer DIR"):
+    with pytest.raises(UserError, match=r"no sd2 tokenizer found offline; give a tokenizer folder"):
         load_model(lone)
 
 

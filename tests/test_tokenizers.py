@@ -144,7 +144,8 @@ def test_missing_tokenizer_says_what_to_provide(tmp_path, no_clip_vocabulary):
     with pytest.raises(UserError) as error:
         find_tokenizers(Family.SD1, tmp_path / "m.safetensors")
     message = str(error.value)
-    assert "--tokenizer DIR" in message and "vocab.json and merges.txt" in message
+    assert error.value.field == "tokenizer_dir" and "give a tokenizer folder" in message
+    assert "vocab.json and merges.txt" in message
     assert str(tmp_path / "m.tokenizer") in message and "openai/clip-vit-large-patch14" in message
     assert "install clip-anytorch" in message
     assert "\n" not in message

@@ -69,7 +69,7 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     plan.check_writable()
 
     components = load_model(
-        config.model, tokenizer_dir=tokenizer_dir, v_prediction=config.model_v_pred or None
+        config.model, tokenizer_dir=tokenizer_dir, v_prediction=config.model_v_pred or None, report=report
     )
     device = pick_device()
     model_dtype = resolve_dtype(config.train_model_precision, device, "train_model_precision", report)

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from traintrain.errors import UserError
+from traintrain.errors import TOKENIZER_DIR, UserError
 from traintrain.models.families import Family
 from traintrain.training.events import Message, Reporter, ignore
 
@@ -94,8 +94,9 @@ def find_tokenizers(family: Family, model_path, tokenizer_dir=None, report: Repo
         found = _from_folder(Path(tokenizer_dir), count)
         if found is None:
             raise UserError(
-                f"{tokenizer_dir}: no tokenizer there; give --tokenizer a folder with vocab.json and merges.txt"
-                f"{' (or tokenizer/ and tokenizer_2/ subfolders)' if count == 2 else ''}"
+                f"{tokenizer_dir}: no tokenizer there",
+                "choose a tokenizer folder with vocab.json and merges.txt"
+                f"{' (or tokenizer/ and tokenizer_2/ subfolders)' if count == 2 else ''}", field=TOKENIZER_DIR,
             )
         return found
     model_path = Path(model_path)
@@ -108,7 +109,7 @@ def find_tokenizers(family: Family, model_path, tokenizer_dir=None, report: Repo
         report(Message(f"no {family.value} tokenizer beside the model or in the Hugging Face cache; "
                        f"built its tokenizer{'s' if count == 2 else ''} from CLIP's vocabulary in {vocabulary}"))
     if found is None:
-        raise UserError(_missing_message(family, model_path, folder))
+        raise UserError(_missing_message(family, model_path, folder), field=TOKENIZER_DIR)
     return found
 
 
@@ -159,7 +160,8 @@ def check_vocab_fits(tokenizers, text_encoders) -> None:
         if len(tokenizer) > rows:
             raise UserError(
                 f"tokenizer {tokenizer.name_or_path or '(built in)'} has {len(tokenizer)} tokens but the text encoder "
-                f"has only {rows} embedding rows; use the tokenizer that belongs to this model (--tokenizer DIR)"
+                f"has only {rows} embedding rows", "give the tokenizer folder that belongs to this model",
+                field=TOKENIZER_DIR,
             )
 
 
@@ -217,7 +219,7 @@ def _missing_message(family: Family, model_path: Path, folder: Path) -> str:
     repos = " and ".join(" or ".join(f"{r}{'/' + s if s else ''}" for r, s in c) for c in HF_TOKENIZER_REPOS[family])
     layout = "tokenizer/ and tokenizer_2/" if family is Family.SDXL else "vocab.json and merges.txt"
     return (
-        f"{model_path}: no {family.value} tokenizer found offline; pass --tokenizer DIR (a folder with {layout}), "
+        f"{model_path}: no {family.value} tokenizer found offline; give a tokenizer folder (with {layout}), "
         f"put it in {folder}, have {repos} in the Hugging Face cache ({_hf_hub_cache()}), "
         f"or install clip-anytorch (its CLIP vocabulary gives every family's tokenizer)"
     )
