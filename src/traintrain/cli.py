@@ -44,27 +44,36 @@ def _parameter_table() -> str:
         if isinstance(default, list):
             default = ",".join(str(v) for v in default)
         kind = types[f.name]
-        choices = " {" + "|".join(m.value for m in kind) + "}" if isinstance(kind, type) and issubclass(kind, Choice) else ""
+        choices = (
+            " {" + "|".join(m.value for m in kind) + "}" if isinstance(kind, type) and issubclass(kind, Choice) else ""
+        )
         lines.append(f"  {f.name}{choices}\n      {f.metadata['help']} (default: {default!s:.60})")
     lines.append("lists are comma-separated (network_blocks=IN01,OUT03); booleans are true/false.")
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="traintrain", description="Train LoRA, iLECO and Difference adapters for Stable Diffusion.")
+    parser = OneLineParser(
+        prog="traintrain", description="Train LoRA, iLECO and Difference adapters for Stable Diffusion."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     train = commands.add_parser(
-        "train", help="train an adapter", epilog=_parameter_table(),
+        "train",
+        help="train an adapter",
+        epilog=_parameter_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a LoRA (images), iLECO (two prompts) or Difference (two images) adapter.",
     )
     source = train.add_mutually_exclusive_group()
-    source.add_argument("--preset", metavar="NAME", help="start from a shipped preset (LoRA, iLECO, Difference, Difference_Use2ndPass)")
+    source.add_argument(
+        "--preset", metavar="NAME", help="start from a shipped preset (LoRA, iLECO, Difference, Difference_Use2ndPass)"
+    )
     source.add_argument("--config", metavar="FILE", help="start from a settings JSON file")
     source.add_argument(
-        "--resume", metavar="STATE",
+        "--resume",
+        metavar="STATE",
         help="continue a stopped run from its {name}_{step}steps.state, or a finished one (save_state=true) from its "
         "{name}.state with --set train_iterations=N (settings, seed and position come from the state; "
         "--model, --output-dir and --tokenizer may point elsewhere)",
@@ -72,11 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mode", help="LoRA, iLECO or Difference (case-insensitive)")
     train.add_argument("--model", metavar="PATH", help="base model: .safetensors/.ckpt file or diffusers folder")
     train.add_argument("--data", metavar="DIR", help="LoRA mode: folder of images (same as lora_data_directory)")
-    train.add_argument("--output-dir", metavar="DIR", help="where the LoRA is saved (default: ./output; with --resume: the run's folder)")
-    train.add_argument("--tokenizer", metavar="DIR", help="folder with the tokenizer (vocab.json, merges.txt) for single-file models")
-    train.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="set a parameter (repeatable); see the list below")
     train.add_argument(
-        "--nan-policy", choices=["stop", "skip"],
+        "--output-dir",
+        metavar="DIR",
+        help="where the LoRA is saved (default: ./output; with --resume: the run's folder)",
+    )
+    train.add_argument(
+        "--tokenizer", metavar="DIR", help="folder with the tokenizer (vocab.json, merges.txt) for single-file models"
+    )
+    train.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="set a parameter (repeatable); see the list below",
+    )
+    train.add_argument(
+        "--nan-policy",
+        choices=["stop", "skip"],
         help="a non-finite loss or gradient: stop (default, exit code 3, the last save kept) or skip the step "
         "(train_nan_policy, at most train_nan_skip_limit times)",
     )
@@ -84,17 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight model to check a set-up in seconds")
     tiny.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1", help="model family (default sd1)")
-    tiny.add_argument("--format", choices=["single-file", "diffusers"], default="single-file", help="file layout (default single-file)")
+    tiny.add_argument(
+        "--format",
+        choices=["single-file", "diffusers"],
+        default="single-file",
+        help="file layout (default single-file)",
+    )
     tiny.add_argument("--out", required=True, metavar="PATH", help="output .safetensors file or folder")
     tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     tiny.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
     demo = commands.add_parser("demo", help="train a LoRA on a tiny model and show before/after images")
-    demo.add_argument("--out", default="demo_output", metavar="DIR", help="folder for the demo files (default demo_output)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: about two minutes on 2 CPU cores)")
+    demo.add_argument(
+        "--out", default="demo_output", metavar="DIR", help="folder for the demo files (default demo_output)"
+    )
+    demo.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: about two minutes on 2 CPU cores)"
+    )
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     buckets = commands.add_parser(
-        "buckets", help="show the bucket plan (frames, where each image goes) without training",
+        "buckets",
+        help="show the bucket plan (frames, where each image goes) without training",
         description="Dry run of the image buckets: the frames (width x height) and, with --data, the frames of "
         "every image and the number of training samples. Options default to --config's values, else the defaults.",
     )
@@ -110,9 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     buckets.add_argument("--data", metavar="DIR", help="folder of images to plan (lora_data_directory)")
     buckets.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     buckets.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
-    inspect = commands.add_parser("inspect", help="show what a LoRA file is: family, network type, ranks, blocks, metadata")
+    inspect = commands.add_parser(
+        "inspect", help="show what a LoRA file is: family, network type, ranks, blocks, metadata"
+    )
     inspect.add_argument("file", metavar="FILE", help="a .safetensors LoRA / LoCon / LoHa / LoKr file")
-    inspect.add_argument("--json", action="store_true", help="print the summary as JSON (every module's rank and alpha)")
+    inspect.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (every module's rank and alpha)"
+    )
     inspect.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     # more subcommands: each adds its parser here and its handler to COMMANDS
     return parser
@@ -158,7 +194,9 @@ def stop_on_signals(stop: threading.Event):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        sys.stderr.write("\ntraintrain: stopping after this step to save it; press Ctrl-C again to abort without saving\n")
+        sys.stderr.write(
+            "\ntraintrain: stopping after this step to save it; press Ctrl-C again to abort without saving\n"
+        )
 
     previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -175,12 +213,17 @@ def _command_train(args) -> int:
     output_dir = Path(args.output_dir) if args.output_dir else None
     resume_values = parse_assignments(args.set) if args.resume else {}
     if args.resume:
-        given = [option for option, value in (("--mode", args.mode), ("--data", args.data),
-                                              ("--nan-policy", args.nan_policy)) if value]
+        given = [
+            option
+            for option, value in (("--mode", args.mode), ("--data", args.data), ("--nan-policy", args.nan_policy))
+            if value
+        ]
         given += [f"--set {key}" for key in resume_values if key != "train_iterations"]
         if given:
-            raise UserError(f"--resume takes the settings from the state (only --set train_iterations=N may change); "
-                            f"drop {', '.join(given)}")
+            raise UserError(
+                f"--resume takes the settings from the state (only --set train_iterations=N may change); "
+                f"drop {', '.join(given)}"
+            )
         if args.model and not Path(args.model).exists():
             raise UserError(f"model not found: {args.model} (give a .safetensors/.ckpt file or a diffusers folder)")
     else:
@@ -194,12 +237,24 @@ def _command_train(args) -> int:
     try:
         with stop_on_signals(stop), ProgressPrinter() as printer:
             if args.resume:
-                result = resume_job(Path(args.resume), output_dir=output_dir, tokenizer_dir=args.tokenizer,
-                                    model=args.model, train_iterations=iterations, report=printer, stop=stop)
+                result = resume_job(
+                    Path(args.resume),
+                    output_dir=output_dir,
+                    tokenizer_dir=args.tokenizer,
+                    model=args.model,
+                    train_iterations=iterations,
+                    report=printer,
+                    stop=stop,
+                )
             else:
                 printer.verbose = config.logging_verbose
-                result = run_job(config, output_dir=output_dir or Path("output"), tokenizer_dir=args.tokenizer,
-                                 report=printer, stop=stop)
+                result = run_job(
+                    config,
+                    output_dir=output_dir or Path("output"),
+                    tokenizer_dir=args.tokenizer,
+                    report=printer,
+                    stop=stop,
+                )
     except TrainingStopped as exc:
         resume = f"; continue with: traintrain train --resume {exc.state}" if exc.state else ""
         print(f"traintrain: {exc}{resume}", file=sys.stderr)
@@ -236,16 +291,25 @@ def _command_buckets(args) -> int:
     from traintrain.data.plan_report import dry_run, plan_json, plan_lines
 
     options = {
-        "image_size": args.image_size, "image_buckets_step": args.step, "image_min_length": args.min_length,
-        "image_max_ratio": args.max_ratio, "sub_image_num": args.sub_image_num, "image_num_multiply": args.num_multiply,
-        "lora_data_directory": args.data, "image_mirroring": args.mirroring or None,
+        "image_size": args.image_size,
+        "image_buckets_step": args.step,
+        "image_min_length": args.min_length,
+        "image_max_ratio": args.max_ratio,
+        "sub_image_num": args.sub_image_num,
+        "image_num_multiply": args.num_multiply,
+        "lora_data_directory": args.data,
+        "image_mirroring": args.mirroring or None,
         "image_disable_upscale": args.disable_upscale or None,
     }
     config = TrainConfig.load_json(Path(args.config)) if args.config else TrainConfig()
     config = config.with_values(**{key: value for key, value in options.items() if value is not None})
     with ProgressPrinter(stream=sys.stderr) as printer:  # warnings about skipped images go to stderr
         plan, assignment = dry_run(config, printer)
-    print(json.dumps(plan_json(plan, assignment), ensure_ascii=False) if args.json else "\n".join(plan_lines(plan, assignment)))
+    print(
+        json.dumps(plan_json(plan, assignment), ensure_ascii=False)
+        if args.json
+        else "\n".join(plan_lines(plan, assignment))
+    )
     return 0
 
 
@@ -257,8 +321,13 @@ def _command_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _command_train, "tiny-model": _command_tiny, "demo": _command_demo, "buckets": _command_buckets,
-            "inspect": _command_inspect}
+COMMANDS = {
+    "train": _command_train,
+    "tiny-model": _command_tiny,
+    "demo": _command_demo,
+    "buckets": _command_buckets,
+    "inspect": _command_inspect,
+}
 
 
 def quiet_libraries() -> None:
@@ -282,8 +351,13 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, err
 
 # The flag that sets a field; any other config field is set with --set FIELD=VALUE.
 FIELD_FLAGS = {
-    "model": "--model", "lora_data_directory": "--data", "mode": "--mode", "train_nan_policy": "--nan-policy",
-    OUTPUT_DIR: "--output-dir", TOKENIZER_DIR: "--tokenizer", RESUME_STATE: "--resume",
+    "model": "--model",
+    "lora_data_directory": "--data",
+    "mode": "--mode",
+    "train_nan_policy": "--nan-policy",
+    OUTPUT_DIR: "--output-dir",
+    TOKENIZER_DIR: "--tokenizer",
+    RESUME_STATE: "--resume",
 }
 
 
@@ -315,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: its traceback is the report
-        return _one_line_error(args, f"{exc.strerror}: {exc.filename or 'a file'} "
-                                     "(free disk space or fix the permissions; --debug shows where)")
+        return _one_line_error(
+            args,
+            f"{exc.strerror}: {exc.filename or 'a file'} (free disk space or fix the permissions; --debug shows where)",
+        )
     except KeyboardInterrupt:
         print("traintrain: aborted; nothing saved since the last save", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -37,7 +37,10 @@ class ProgressPrinter:
             self.bar.set_postfix(loss=f"{event.loss_average:.4f}", lr=f"{event.learning_rate:.2e}", refresh=False)
             self.bar.update(event.step - self.bar.n)
             if self.verbose:
-                self.bar.write(f"step {event.step}/{event.total} loss {event.loss:.5f} lr {event.learning_rate:.3e}", file=self.stream)
+                self.bar.write(
+                    f"step {event.step}/{event.total} loss {event.loss:.5f} lr {event.learning_rate:.3e}",
+                    file=self.stream,
+                )
         elif isinstance(event, Message):
             text = event.text if event.level == "info" else f"{event.level}: {event.text}"
             tqdm.write(text, file=self.stream)

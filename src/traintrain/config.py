@@ -92,9 +92,12 @@ class TrainConfig:
     # --- optional parameters (seed table 2) ---
     network_conv_rank: int = _param(0, "c3lier/loha/lokr: rank of k x k convs (0 = network_rank)", minimum=0)
     network_conv_alpha: float = _param(0.0, "c3lier/loha/lokr: alpha of k x k convs (0 = network_alpha)", minimum=0.0)
-    network_element: NetworkElement = _param(NetworkElement.FULL, "Full, CrossAttention (attn2) or SelfAttention (attn1)")
+    network_element: NetworkElement = _param(
+        NetworkElement.FULL, "Full, CrossAttention (attn2) or SelfAttention (attn1)"
+    )
     train_lr_step_rules: str = _param(
-        "", "step: N or N:GAMMA (lr x GAMMA every N steps, GAMMA 0.1 if omitted); piecewise_constant: 1:100,0.1:200,0.01"
+        "",
+        "step: N or N:GAMMA (lr x GAMMA every N steps, GAMMA 0.1 if omitted); piecewise_constant: 1:100,0.1:200,0.01",
     )
     train_lr_scheduler_num_cycles: int = _param(1, "cycles of cosine_with_restarts", minimum=1)
     train_lr_scheduler_power: float = _param(1.0, "power of the polynomial schedule", minimum=0.0)
@@ -145,10 +148,17 @@ class TrainConfig:
     train_optimizer_settings: str = _param(
         "", "extra optimizer arguments, key=value per line or ';'-separated, e.g. weight_decay=0.01; betas=0.9,0.99"
     )
-    train_vae_precision: Precision = _param(Precision.FP32, "precision of the VAE that encodes the images (fp16 can overflow)")
-    train_loss_function: LossFunction = _param(LossFunction.MSE, "loss between prediction and target: MSE, L1 or smooth_L1")
+    train_vae_precision: Precision = _param(
+        Precision.FP32, "precision of the VAE that encodes the images (fp16 can overflow)"
+    )
+    train_loss_function: LossFunction = _param(
+        LossFunction.MSE, "loss between prediction and target: MSE, L1 or smooth_L1"
+    )
     train_noise_offset: float = _param(
-        0.0, "add offset x per-channel noise so very dark or bright images can be learned (0 = off)", minimum=0.0, maximum=1.0
+        0.0,
+        "add offset x per-channel noise so very dark or bright images can be learned (0 = off)",
+        minimum=0.0,
+        maximum=1.0,
     )
     logging_tensorboard: bool = _param(False, "also write TensorBoard events to {output}/logs/tensorboard/{name}")
     train_nan_policy: NanPolicy = _param(
@@ -180,13 +190,14 @@ class TrainConfig:
         self.validate()
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         for f in fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
         if self.train_min_timesteps >= self.train_max_timesteps:
             raise UserError(
                 f"train_min_timesteps ({self.train_min_timesteps}) must be below "
-                f"train_max_timesteps ({self.train_max_timesteps})", field="train_min_timesteps",
+                f"train_max_timesteps ({self.train_max_timesteps})",
+                field="train_min_timesteps",
             )
         if not self.network_blocks:
             raise UserError(f"select at least one of {', '.join(ALL_BLOCK_IDS)}", field="network_blocks")
@@ -195,20 +206,16 @@ class TrainConfig:
         return self
 
     @property
-    def image_height_width(self) -> tuple[int, int]:
-        return self.image_size[0], self.image_size[1]
-
-    @property
     def output_name(self) -> str:
         return self.save_lora_name or "untitled"
 
-    def for_second_pass(self) -> "TrainConfig":
+    def for_second_pass(self) -> TrainConfig:
         """The settings of Difference's pass 2: the '2nd pass' overrides when they are enabled."""
         if not self.use_2nd_pass_settings or not self.second_pass:
             return self
         return dataclasses.replace(self, **{k: v for k, v in self.second_pass.items()}, second_pass={})
 
-    def with_values(self, **values) -> "TrainConfig":
+    def with_values(self, **values) -> TrainConfig:
         """A copy with some parameters set from user text (`--set`) or values."""
         updates = {}
         for key, value in values.items():
@@ -225,13 +232,11 @@ class TrainConfig:
                 continue
             out[f.name] = value.value if isinstance(value, enum.Enum) else value
         if self.second_pass:
-            out["2nd pass"] = {
-                k: (v.value if isinstance(v, enum.Enum) else v) for k, v in self.second_pass.items()
-            }
+            out["2nd pass"] = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in self.second_pass.items()}
         return out
 
     @classmethod
-    def from_json_dict(cls, data: dict, *, source: str = "settings") -> "TrainConfig":
+    def from_json_dict(cls, data: dict, *, source: str = "settings") -> TrainConfig:
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object of parameters, got {json_type(data)}")
         values = _normalise_keys(data, source)
@@ -263,7 +268,7 @@ class TrainConfig:
         write_text_atomic(Path(path), text)
 
     @classmethod
-    def load_json(cls, path: Path) -> "TrainConfig":
+    def load_json(cls, path: Path) -> TrainConfig:
         path = Path(path)
         if path.is_dir():
             raise UserError(f"settings file {path} is a folder; give a .json file")

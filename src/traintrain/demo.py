@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from traintrain.choices import NetworkType, Precision
 from traintrain.config import TrainConfig
 from traintrain.fileio import atomic_path, write_text_atomic
 from traintrain.training.events import Message, Reporter, ignore
@@ -99,10 +100,10 @@ def tiny_model_with_fitted_vae(images, steps: int = VAE_FIT_STEPS):
 
 def demo_config(model: Path, data: Path, steps: int) -> TrainConfig:
     return TrainConfig(
-        mode="LoRA", model=str(model), lora_data_directory=str(data), lora_trigger_word=TRIGGER, network_type="c3lier",
-        network_rank=16, network_alpha=16, train_iterations=steps, train_batch_size=4,
+        mode="LoRA", model=str(model), lora_data_directory=str(data), lora_trigger_word=TRIGGER,
+        network_type=NetworkType.C3LIER, network_rank=16, network_alpha=16, train_iterations=steps, train_batch_size=4,
         train_learning_rate=3e-3, image_size=[SIZE, SIZE], image_buckets_step=64, image_min_length=64,
-        train_model_precision="fp32", save_precision="fp32", train_seed=0, train_snr_gamma=5,
+        train_model_precision=Precision.FP32, save_precision=Precision.FP32, train_seed=0, train_snr_gamma=5,
         save_lora_name="demo", save_overwrite=True,
     )
 
@@ -139,10 +140,16 @@ def render_before_after(model: Path, lora: Path, images, target: Path, report: R
     before = generate(pipe, prompts, SIZE, seed=1)
     pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="demo")
     after = generate(pipe, prompts, SIZE, seed=1)
-    report(Message(
-        f"mean pixel distance to the targets: before {_distance(before, targets):.1f}, after {_distance(after, targets):.1f}"
-    ))
-    columns = [[image.resize((CELL, CELL), Image.NEAREST) for image in column] for column in (sources, targets, before, after)]
+    report(
+        Message(
+            f"mean pixel distance to the targets: before {_distance(before, targets):.1f}, "
+            f"after {_distance(after, targets):.1f}"
+        )
+    )
+    columns = [
+        [image.resize((CELL, CELL), Image.Resampling.NEAREST) for image in column]
+        for column in (sources, targets, before, after)
+    ]
     grid = labelled_grid(columns, ["image", "target", "before", "after"])
     with atomic_path(target) as tmp:
         grid.save(tmp, format="PNG")
@@ -150,9 +157,14 @@ def render_before_after(model: Path, lora: Path, images, target: Path, report: R
 
 def _distance(images, targets) -> float:
     """Mean absolute pixel difference (0-255) between generated pictures and their targets."""
-    return float(np.mean([
-        np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() for a, b in zip(images, targets)
-    ]))
+    return float(
+        np.mean(
+            [
+                np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean()
+                for a, b in zip(images, targets, strict=False)
+            ]
+        )
+    )
 
 
 @torch.no_grad()

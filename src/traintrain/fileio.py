@@ -80,11 +80,6 @@ def write_text_atomic(final: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_bytes_atomic(final: Path, data: bytes) -> None:
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-
-
 def remove_stale_temps(final: Path) -> list[Path]:
     """Delete temporary files a killed writer of `final` left behind; only this job writes that name."""
     final = Path(final)
@@ -105,16 +100,21 @@ class LineAppender:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the file is closed")
+        return self._fd
 
     def write_line(self, line: str) -> None:
         data = (line.rstrip("\n") + "\n").encode("utf-8")
-        written = os.write(self._fd, data)
+        written = os.write(self._open_fd(), data)
         if written != len(data):  # a short write only happens when the disk is full
             raise OSError(28, "short write (disk full?)", str(self.path))
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        os.fsync(self._open_fd())
 
     def close(self) -> None:
         if self._fd is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import diffusers
+import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import is_scipy_available
 from PIL import Image, ImageDraw
@@ -22,13 +22,19 @@ SAMPLERS: dict[NoiseScheduler, tuple[str, dict]] = {
     NoiseScheduler.LMS: ("LMSDiscreteScheduler", {}),
     NoiseScheduler.EULER: ("EulerDiscreteScheduler", {}),
     NoiseScheduler.EULER_A: ("EulerAncestralDiscreteScheduler", {}),
-    NoiseScheduler.DPM_SOLVER: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
+    NoiseScheduler.DPM_SOLVER: (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+    ),
     NoiseScheduler.DPM_SINGLE: ("DPMSolverSinglestepScheduler", {}),
     NoiseScheduler.HEUN: ("HeunDiscreteScheduler", {}),
     NoiseScheduler.DPM_2: ("KDPM2DiscreteScheduler", {}),
     NoiseScheduler.DPM_2_A: ("KDPM2AncestralDiscreteScheduler", {}),
     NoiseScheduler.DPM_PP_2M: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    NoiseScheduler.DPM_PP_2M_KARRAS: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    NoiseScheduler.DPM_PP_2M_KARRAS: (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
     NoiseScheduler.UNIPC: ("UniPCMultistepScheduler", {}),
 }
 
@@ -36,14 +42,20 @@ SAMPLERS: dict[NoiseScheduler, tuple[str, dict]] = {
 def check_sampler(sampler: NoiseScheduler) -> None:
     """A sampler whose library is missing fails before training, not at the first preview."""
     if sampler == NoiseScheduler.LMS and not is_scipy_available():
-        raise UserError("the LMS sampler needs scipy, which is not installed",
-                        "install scipy or choose another gen_noise_scheduler", field="gen_noise_scheduler")
+        raise UserError(
+            "the LMS sampler needs scipy, which is not installed",
+            "install scipy or choose another gen_noise_scheduler",
+            field="gen_noise_scheduler",
+        )
 
 
 def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
     """The sampler for previews, on the models' noise schedule (DDIM as configured before, else from its config)."""
     base = DDIMScheduler(
-        **NOISE_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        **NOISE_SCHEDULE,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
         prediction_type="v_prediction" if v_prediction else "epsilon",
     )
     if sampler == NoiseScheduler.DDIM:
@@ -58,13 +70,22 @@ def pipeline_from_components(components, sampler: NoiseScheduler = NoiseSchedule
     scheduler = preview_scheduler(sampler, components.v_prediction)
     if components.family == Family.SDXL:
         return StableDiffusionXLPipeline(
-            vae=components.vae, text_encoder=components.text_encoders[0], text_encoder_2=components.text_encoders[1],
-            tokenizer=components.tokenizers[0], tokenizer_2=components.tokenizers[1], unet=components.unet,
+            vae=components.vae,
+            text_encoder=components.text_encoders[0],
+            text_encoder_2=components.text_encoders[1],
+            tokenizer=components.tokenizers[0],
+            tokenizer_2=components.tokenizers[1],
+            unet=components.unet,
             scheduler=scheduler,
         )
     return StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoders[0], tokenizer=components.tokenizers[0],
-        unet=components.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        vae=components.vae,
+        text_encoder=components.text_encoders[0],
+        tokenizer=components.tokenizers[0],
+        unet=components.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
 
@@ -76,8 +97,9 @@ def build_pipeline(model: Path, *, tokenizer_dir: str | None = None):
     return pipeline_from_components(load_model(str(model), tokenizer_dir=tokenizer_dir))
 
 
-def generate(pipe, prompts: list[str], size, *, seed: int, steps: int = 20, guidance: float = 3.0,
-             negative_prompt: str = "") -> list[Image.Image]:
+def generate(
+    pipe, prompts: list[str], size, *, seed: int, steps: int = 20, guidance: float = 3.0, negative_prompt: str = ""
+) -> list[Image.Image]:
     """One image per prompt, each from the same seed, so pictures compare across LoRA settings.
 
     `size` is one number (square) or (height, width).
@@ -87,8 +109,13 @@ def generate(pipe, prompts: list[str], size, *, seed: int, steps: int = 20, guid
     for prompt in prompts:
         generator = torch.Generator().manual_seed(seed)
         result = pipe(
-            prompt, negative_prompt=negative_prompt or None, height=height, width=width, num_inference_steps=steps,
-            guidance_scale=guidance, generator=generator,
+            prompt,
+            negative_prompt=negative_prompt or None,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
         )
         images.append(result.images[0])
     return images
@@ -100,7 +127,7 @@ def labelled_grid(columns: list[list[Image.Image]], titles: list[str], header: i
     rows = len(columns[0])
     grid = Image.new("RGB", (cell_w * len(columns), header + cell_h * rows), "white")
     draw = ImageDraw.Draw(grid)
-    for col, (title, images) in enumerate(zip(titles, columns)):
+    for col, (title, images) in enumerate(zip(titles, columns, strict=False)):
         draw.text((col * cell_w + 4, 3), title, fill="black")
         for row, image in enumerate(images):
             grid.paste(image.resize((cell_w, cell_h)), (col * cell_w, header + row * cell_h))

@@ -74,7 +74,7 @@ def parse_number(name, value, cast, meta):
         try:
             value = float(text)
         except ValueError:
-            raise UserError(f"'{value}' is not a number", field=name)
+            raise UserError(f"'{value}' is not a number", field=name) from None
     if not isinstance(value, (int, float)):
         raise UserError(f"expected a number, got {json_type(value)}", field=name)
     if not math.isfinite(value):
@@ -116,7 +116,7 @@ def parse_image_size(name, value) -> list[int]:
     try:
         sizes = [whole_pixels(v) for v in items]
     except ValueError:
-        raise UserError(f"'{value}' is not height,width in pixels (e.g. 768,512 or 512)", field=name)
+        raise UserError(f"'{value}' is not height,width in pixels (e.g. 768,512 or 512)", field=name) from None
     if len(sizes) == 1:
         sizes = sizes * 2
     if len(sizes) != 2 or min(sizes) < 64 or any(s % 8 for s in sizes):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -128,11 +129,13 @@ def encode_latents(vae, pixels: torch.Tensor, scale: float, generator: torch.Gen
 
 def _distributions(vae, variants: list[LoadedImage], cache: LatentCache | None, keys: list[str]):
     """(mean, std) of each variant, from the cache where it has them, encoding the rest together."""
-    found = [cache.load(key) for key in keys] if cache else [None] * len(variants)
+    found: list[tuple[torch.Tensor, torch.Tensor] | None] = (
+        [cache.load(key) for key in keys] if cache else [None] * len(variants)
+    )
     missing = [i for i, entry in enumerate(found) if entry is None]
     if missing:
         means, stds = encode_distributions(vae, torch.stack([image_to_tensor(variants[i].image) for i in missing]))
-        for i, mean, std in zip(missing, means, stds):
+        for i, mean, std in zip(missing, means, stds, strict=False):
             found[i] = (mean, std)
             if cache:
                 cache.store(keys[i], mean, std)
@@ -160,7 +163,7 @@ def build_training_data(config, vae, latent_scale: float, generator: torch.Gener
             fitted = record.image.fit(*frame)
             variants = [fitted, fitted.mirrored()] if config.image_mirroring else [fitted]
             keys = [cache.key(digest, frame, mirrored=index == 1) for index in range(len(variants))] if cache else []
-            for variant, (mean, std) in zip(variants, _distributions(vae, variants, cache, keys)):
+            for variant, (mean, std) in zip(variants, _distributions(vae, variants, cache, keys), strict=False):
                 latent = sample_latents(mean, std, latent_scale, generator)
                 mask = _latent_mask(variant.mask, latent.shape[-2:]) if config.image_alpha_mask else None
                 samples.append(Sample(latent, record.caption, frame, mask))
@@ -177,10 +180,17 @@ def _latent_mask(mask, latent_hw) -> torch.Tensor | None:
     return F.interpolate(tensor, size=tuple(latent_hw), mode="area")[0]
 
 
-class BucketBatches:
+class Framed(Protocol):
+    frame: tuple[int, int]  # (width, height) in pixels
+
+
+S = TypeVar("S", bound=Framed)  # Sample, or a mode's own samples (Difference's image pairs)
+
+
+class BucketBatches(Generic[S]):
     """Endless batches of same-frame samples, reshuffled every epoch, reproducible from a seed."""
 
-    def __init__(self, samples: list[Sample], batch_size: int, seed: int):
+    def __init__(self, samples: list[S], batch_size: int, seed: int):
         self.samples = samples
         self.batch_size = batch_size
         self.random = random.Random(seed)
@@ -206,7 +216,7 @@ class BucketBatches:
         self.random.setstate(state["random"])
         self._queue = [list(batch) for batch in state["queue"]]
 
-    def next(self) -> list[Sample]:
+    def next(self) -> list[S]:
         if not self._queue:
             self._queue = self._epoch()
         return [self.samples[i] for i in self._queue.pop(0)]

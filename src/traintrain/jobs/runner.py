@@ -15,8 +15,8 @@ import torch
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.modes.previews import render_previews
-from traintrain.rendering import check_sampler
 from traintrain.modes.registry import ModeOutcome, TrainingMode, every, get_mode
+from traintrain.rendering import check_sampler
 from traintrain.training.checkpoint import Checkpoints, load_state
 from traintrain.training.context import RunContext
 from traintrain.training.events import Message, Reporter, ignore

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from traintrain.models.families import SPECS, Family, FamilySpec
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
 
 @dataclass
@@ -15,8 +19,8 @@ class ModelComponents:
     """
 
     family: Family
-    unet: object  # diffusers.UNet2DConditionModel
-    vae: object  # diffusers.AutoencoderKL
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
     text_encoders: list = field(default_factory=list)  # transformers CLIPTextModel / CLIPTextModelWithProjection
     tokenizers: list = field(default_factory=list)  # transformers CLIPTokenizer
     v_prediction: bool = False

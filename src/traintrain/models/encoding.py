@@ -49,7 +49,7 @@ def _encode_one(encoder, ids: torch.Tensor, family: Family, is_second: bool):
 def encode_prompts(components, texts: list[str]) -> Conditioning:
     """Encode a batch of prompts with the model's text encoder(s), on their current device/dtype."""
     hiddens, pooled = [], None
-    for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders)):
+    for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders, strict=False)):
         empty = chunk_token_ids(tokenizer, "")[0]
         ids = _pad_chunks([chunk_token_ids(tokenizer, t) for t in texts], empty)
         batch, chunks, length = ids.shape

@@ -38,7 +38,10 @@ NOISE_SCHEDULE = dict(
 def detect_family_from_ldm_keys(keys) -> Family | None:
     """Family of an A1111/LDM single-file checkpoint, from its key names; None if not SD."""
     keys = set(keys)
-    if any(k.startswith("conditioner.embedders.") for k in keys) or "model.diffusion_model.label_emb.0.0.weight" in keys:
+    if (
+        any(k.startswith("conditioner.embedders.") for k in keys)
+        or "model.diffusion_model.label_emb.0.0.weight" in keys
+    ):
         return Family.SDXL
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         return Family.SD2

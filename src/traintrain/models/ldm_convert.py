@@ -6,9 +6,14 @@ built from the model's config so it serves every block layout (SD1/SD2 four leve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 import torch
 
 from traintrain.models.families import Family
+
+V = TypeVar("V")  # whatever the state dict maps keys to: tensors, or module paths (sgm_names)
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -49,19 +54,21 @@ def components_to_ldm(components) -> dict[str, torch.Tensor]:
     state.update(unet_to_ldm(components.unet.state_dict(), components.unet.config))
     state.update(vae_to_ldm(components.vae.state_dict(), components.vae.config))
     prefixes = TEXT_ENCODER_PREFIXES[components.family]
-    for encoder, prefix in zip(components.text_encoders, prefixes):
+    for encoder, prefix in zip(components.text_encoders, prefixes, strict=False):
         if prefix.endswith(".transformer."):
             state.update(clip_to_ldm(encoder.state_dict(), prefix))
         else:
             # SD2's diffusers encoder lacks OpenCLIP's last layer (its output is never used); SDXL keeps all.
-            state.update(open_clip_to_ldm(encoder.state_dict(), prefix, add_unused_last_layer=components.family is Family.SD2))
+            state.update(
+                open_clip_to_ldm(encoder.state_dict(), prefix, add_unused_last_layer=components.family is Family.SD2)
+            )
     return state
 
 
-def unet_to_ldm(state_dict, config) -> dict[str, torch.Tensor]:
+def unet_to_ldm(state_dict: Mapping[str, V], config) -> dict[str, V]:
     """UNet2DConditionModel weights -> `model.diffusion_model.*` (input/middle/output blocks)."""
     prefix_map = _unet_prefix_map(config)
-    out = {}
+    out: dict[str, V] = {}
     for key, value in state_dict.items():
         diffusers_prefix, ldm_prefix = _match_prefix(key, prefix_map)
         rest = key[len(diffusers_prefix) :]
@@ -164,10 +171,14 @@ def _unet_prefix_map(config) -> list[tuple[str, str]]:
             pairs.append((f"up_blocks.{level}.resnets.{j}.", f"output_blocks.{block}.0."))
             pairs.append((f"up_blocks.{level}.attentions.{j}.", f"output_blocks.{block}.1."))
         if level < levels - 1:
-            pairs.append((f"down_blocks.{level}.downsamplers.0.conv.", f"input_blocks.{(level + 1) * (per_block + 1)}.0.op."))
+            pairs.append(
+                (f"down_blocks.{level}.downsamplers.0.conv.", f"input_blocks.{(level + 1) * (per_block + 1)}.0.op.")
+            )
             # LDM puts the upsampler after the block's attention when it has one.
             slot = 2 if "CrossAttn" in config.up_block_types[level] else 1
-            pairs.append((f"up_blocks.{level}.upsamplers.0.", f"output_blocks.{level * (per_block + 1) + per_block}.{slot}."))
+            pairs.append(
+                (f"up_blocks.{level}.upsamplers.0.", f"output_blocks.{level * (per_block + 1) + per_block}.{slot}.")
+            )
     return pairs
 
 
@@ -190,8 +201,12 @@ def _vae_prefix_map(config) -> list[tuple[str, str]]:
         ]
     for level in range(levels):
         up = levels - 1 - level
-        pairs += [(f"encoder.down_blocks.{level}.resnets.{j}.", f"encoder.down.{level}.block.{j}.") for j in range(per_block)]
-        pairs += [(f"decoder.up_blocks.{level}.resnets.{j}.", f"decoder.up.{up}.block.{j}.") for j in range(per_block + 1)]
+        pairs += [
+            (f"encoder.down_blocks.{level}.resnets.{j}.", f"encoder.down.{level}.block.{j}.") for j in range(per_block)
+        ]
+        pairs += [
+            (f"decoder.up_blocks.{level}.resnets.{j}.", f"decoder.up.{up}.block.{j}.") for j in range(per_block + 1)
+        ]
         if level < levels - 1:
             pairs.append((f"encoder.down_blocks.{level}.downsamplers.0.", f"encoder.down.{level}.downsample."))
             pairs.append((f"decoder.up_blocks.{level}.upsamplers.0.", f"decoder.up.{up}.upsample."))

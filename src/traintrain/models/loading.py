@@ -143,32 +143,48 @@ def _folder_shapes(folder: Path) -> list[tuple[int, ...]]:
 
 
 def _corrupt_safetensors(path: Path, error: BaseException) -> UserError:
-    return UserError(f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again", field="model")
+    return UserError(
+        f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again",
+        field="model",
+    )
 
 
 def _torch_load(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a pickled checkpoint, read with weights_only: a pickle that would run code is refused."""
     if path.suffix.lower() not in TORCH_SUFFIXES:
-        raise UserError(f"{path}: unsupported model file type '{path.suffix}'; give a .safetensors or .ckpt file, or a diffusers folder", field="model")
+        raise UserError(
+            f"{path}: unsupported model file type '{path.suffix}'; "
+            "give a .safetensors or .ckpt file, or a diffusers folder",
+            field="model",
+        )
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
-            raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model") from error
+            raise UserError(
+                f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model"
+            ) from error
         raise UserError(
             f"{path}: this .ckpt holds Python objects that need unsafe pickle loading; "
-            "use a .safetensors version of the model (or convert it with a tool you trust)", field="model",
+            "use a .safetensors version of the model (or convert it with a tool you trust)",
+            field="model",
         ) from error
     except RuntimeError as error:
         if mmap and "mmap" in str(error):  # the legacy (pre-zip) format cannot be memory-mapped
             return _torch_load(path)
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model") from error
+        raise UserError(
+            f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model"
+        ) from error
     except (EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model") from error
+        raise UserError(
+            f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model"
+        ) from error
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
-        raise UserError(f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt", field="model")
+        raise UserError(
+            f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt", field="model"
+        )
     return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
 
 
@@ -184,15 +200,35 @@ def _load_single_file(path: Path, tokenizer_dir, report: Reporter) -> ModelCompo
         unet_config = unet_config_from_ldm(family, state, encoder_configs)
         vae_config = vae_config_from_ldm(family, state)
     except (KeyError, IndexError, ValueError, StopIteration) as error:
-        raise UserError(f"{path}: {family.value} checkpoint with missing or odd weights ({error}); the file is incomplete or not supported", field="model") from error
-    unet = _assemble(UNet2DConditionModel.from_config, unet_config, lambda m: convert_ldm_unet_checkpoint(state, unet_config), path, "UNet")
-    vae = _assemble(AutoencoderKL.from_config, vae_config, lambda m: convert_ldm_vae_checkpoint(state, vae_config), path, "VAE")
+        raise UserError(
+            f"{path}: {family.value} checkpoint with missing or odd weights ({error}); "
+            "the file is incomplete or not supported",
+            field="model",
+        ) from error
+    unet = _assemble(
+        UNet2DConditionModel.from_config,
+        unet_config,
+        lambda m: convert_ldm_unet_checkpoint(state, unet_config),
+        path,
+        "UNet",
+    )
+    vae = _assemble(
+        AutoencoderKL.from_config, vae_config, lambda m: convert_ldm_vae_checkpoint(state, vae_config), path, "VAE"
+    )
     text_encoders = [
-        _assemble(build_text_encoder, config, lambda m, i=index: _convert_text_encoder(family, i, state, m), path, "text encoder")
+        _assemble(
+            build_text_encoder,
+            config,
+            lambda m, i=index: _convert_text_encoder(family, i, state, m),
+            path,
+            "text encoder",
+        )
         for index, config in enumerate(encoder_configs)
     ]
     # Some v-prediction checkpoints (e.g. SDXL v-pred fine-tunes) carry an empty `v_pred` marker key.
-    return ModelComponents(family, unet, vae, text_encoders, tokenizers, v_prediction="v_pred" in state, source=str(path))
+    return ModelComponents(
+        family, unet, vae, text_encoders, tokenizers, v_prediction="v_pred" in state, source=str(path)
+    )
 
 
 def _detect_family(path: Path, state) -> Family:
@@ -200,8 +236,14 @@ def _detect_family(path: Path, state) -> Family:
     if family is not None:
         return family
     if any(key.startswith(("lora_", "lycoris_")) for key in state):
-        raise UserError(f"{path}: this is a LoRA, not a model; give a Stable Diffusion 1.x, 2.x or XL checkpoint", field="model")
-    raise UserError(f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys); give an SD1.x, SD2.x or SDXL model", field="model")
+        raise UserError(
+            f"{path}: this is a LoRA, not a model; give a Stable Diffusion 1.x, 2.x or XL checkpoint", field="model"
+        )
+    raise UserError(
+        f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys); "
+        "give an SD1.x, SD2.x or SDXL model",
+        field="model",
+    )
 
 
 def unet_config_from_ldm(family: Family, state, encoder_configs) -> dict:
@@ -231,7 +273,10 @@ def unet_config_from_ldm(family: Family, state, encoder_configs) -> dict:
     if family is Family.SDXL:
         extra_inputs = unet["label_emb.0.0.weight"].shape[1]
         pooled = encoder_configs[-1]["projection_dim"]
-        config |= {"projection_class_embeddings_input_dim": extra_inputs, "addition_time_embed_dim": (extra_inputs - pooled) // 6}
+        config |= {
+            "projection_class_embeddings_input_dim": extra_inputs,
+            "addition_time_embed_dim": (extra_inputs - pooled) // 6,
+        }
     return config
 
 
@@ -254,7 +299,7 @@ def _text_encoder_configs_from_ldm(family: Family, state, tokenizers) -> list[di
     """Text encoder config(s): templates with width, depth and vocabulary read from the weights."""
     configs = []
     folders = TEXT_ENCODER_FOLDERS[: len(TEXT_ENCODER_PREFIXES[family])]
-    for prefix, folder, tokenizer in zip(TEXT_ENCODER_PREFIXES[family], folders, tokenizers):
+    for prefix, folder, tokenizer in zip(TEXT_ENCODER_PREFIXES[family], folders, tokenizers, strict=False):
         weights = _under(state, prefix)
         if prefix.endswith(".transformer."):
             embedding = weights["text_model.embeddings.token_embedding.weight"]
@@ -321,7 +366,8 @@ def _assemble(build, config: dict, convert, path: Path, what: str):
     except (RuntimeError, KeyError, ValueError) as error:
         raise UserError(
             f"{path}: the {what} weights do not fit a {_architecture_name(config)} model ({_first_line(error)}); "
-            "the file is incomplete or an unsupported variant", field="model",
+            "the file is incomplete or an unsupported variant",
+            field="model",
         ) from error
     return model
 
@@ -338,7 +384,8 @@ def check_diffusers_folder(path: Path) -> None:
     if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
         raise UserError(
             f"{path}: folder is not a diffusers model (no model_index.json with unet/); "
-            "give a diffusers model folder or a .safetensors/.ckpt file", field="model",
+            "give a diffusers model folder or a .safetensors/.ckpt file",
+            field="model",
         )
 
 
@@ -348,7 +395,9 @@ def _load_diffusers_folder(path: Path, tokenizer_dir, report: Reporter) -> Model
     unet = _from_pretrained(UNet2DConditionModel, path, "unet")
     vae = _from_pretrained(AutoencoderKL, path, "vae")
     classes = (CLIPTextModel, CLIPTextModelWithProjection) if family is Family.SDXL else (CLIPTextModel,)
-    text_encoders = [_from_pretrained(cls, path, folder) for cls, folder in zip(classes, TEXT_ENCODER_FOLDERS)]
+    text_encoders = [
+        _from_pretrained(cls, path, folder) for cls, folder in zip(classes, TEXT_ENCODER_FOLDERS, strict=False)
+    ]
     tokenizers = find_tokenizers(family, path, tokenizer_dir, report)
     return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=str(path))
 
@@ -359,7 +408,10 @@ def _family_from_folder(path: Path) -> Family:
         return Family.SDXL
     encoder_config = path / "text_encoder" / "config.json"
     if not encoder_config.is_file():
-        raise UserError(f"{path}: diffusers folder without text_encoder/config.json; give a complete SD1/SD2/SDXL model folder", field="model")
+        raise UserError(
+            f"{path}: diffusers folder without text_encoder/config.json; give a complete SD1/SD2/SDXL model folder",
+            field="model",
+        )
     return Family.SD2 if json.loads(encoder_config.read_text()).get("hidden_act") == "gelu" else Family.SD1
 
 
@@ -367,14 +419,21 @@ def _from_pretrained(cls, path: Path, subfolder: str):
     try:
         if cls in (CLIPTextModel, CLIPTextModelWithProjection):
             return cls.from_pretrained(str(path / subfolder), local_files_only=True)
-        return cls.from_pretrained(str(path), subfolder=subfolder, local_files_only=True, variant=_variant(path / subfolder))
+        return cls.from_pretrained(
+            str(path), subfolder=subfolder, local_files_only=True, variant=_variant(path / subfolder)
+        )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise UserError(f"{path / subfolder}: cannot load the weights ({_first_line(error)}); the folder is incomplete or corrupt", field="model") from error
+        raise UserError(
+            f"{path / subfolder}: cannot load the weights ({_first_line(error)}); the folder is incomplete or corrupt",
+            field="model",
+        ) from error
 
 
 def _variant(folder: Path) -> str | None:
     """diffusers only finds `*.fp16.safetensors` when asked for that variant."""
-    has_plain = any(folder.glob("diffusion_pytorch_model.safetensors")) or any(folder.glob("diffusion_pytorch_model.bin"))
+    has_plain = any(folder.glob("diffusion_pytorch_model.safetensors")) or any(
+        folder.glob("diffusion_pytorch_model.bin")
+    )
     return "fp16" if not has_plain and any(folder.glob("*.fp16.safetensors")) else None
 
 
@@ -390,7 +449,9 @@ def _detect_v_prediction(path: Path) -> bool:
 
 
 def _under(state, prefix: str, keep_prefix: bool = False) -> dict:
-    return {(key if keep_prefix else key[len(prefix) :]): value for key, value in state.items() if key.startswith(prefix)}
+    return {
+        (key if keep_prefix else key[len(prefix) :]): value for key, value in state.items() if key.startswith(prefix)
+    }
 
 
 def _count(weights, prefix: str) -> int:

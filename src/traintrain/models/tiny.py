@@ -113,7 +113,9 @@ def _tiny_text_encoder(family: Family, index: int, tokenizer):
     return build_text_encoder(config)
 
 
-def write_tiny_model(family: Family, fmt: str, out, seed: int = 0, components: ModelComponents | None = None) -> Path:
+def write_tiny_model(
+    family: Family | str, fmt: str, out, seed: int = 0, components: ModelComponents | None = None
+) -> Path:
     """Write a tiny model as an A1111 single file (`fmt="single-file"`) or a diffusers folder.
 
     A single file `X.safetensors` gets its tokenizer(s) in `X.tokenizer/` beside it, where
@@ -140,7 +142,7 @@ def write_tiny_model(family: Family, fmt: str, out, seed: int = 0, components: M
 
 
 def _write_tokenizers(components: ModelComponents, folder: Path) -> None:
-    for tokenizer, name in zip(components.tokenizers, TOKENIZER_FOLDERS):
+    for tokenizer, name in zip(components.tokenizers, TOKENIZER_FOLDERS, strict=False):
         save_tokenizer(tokenizer, folder / name)
 
 
@@ -148,7 +150,7 @@ def _write_diffusers_folder(components: ModelComponents, out: Path) -> None:
     """Written into a fresh temporary folder, so the libraries' own writers need not be atomic."""
     components.unet.save_pretrained(str(out / "unet"), safe_serialization=True)
     components.vae.save_pretrained(str(out / "vae"), safe_serialization=True)
-    for encoder, folder in zip(components.text_encoders, TEXT_ENCODER_FOLDERS):
+    for encoder, folder in zip(components.text_encoders, TEXT_ENCODER_FOLDERS, strict=False):
         encoder.save_pretrained(str(out / folder), safe_serialization=True)
     DDPMScheduler.from_config(config_template(components.family, "scheduler")).save_pretrained(str(out / "scheduler"))
     model_index = json.loads((CONFIG_ROOT / components.family.value / "model_index.json").read_text())

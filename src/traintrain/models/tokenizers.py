@@ -13,6 +13,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -66,7 +67,12 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
             pieces[:2] = [pair[0] + pair[1]]
     tokens = list(dict.fromkeys(tokens)) + [BOS, EOS]
     vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH, pad_token=EOS)
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]  # annotated list[str]; the tokenizers-backed class takes pairs
+        model_max_length=MAX_LENGTH,
+        pad_token=EOS,
+    )
 
 
 def save_tokenizer(tokenizer: CLIPTokenizer, folder) -> None:
@@ -130,8 +136,12 @@ def build_clip_tokenizers(family: Family, vocabulary: Path) -> list[CLIPTokenize
     """The family's tokenizer(s), in memory, from CLIP's BPE vocabulary file: the ids of the real ones."""
     vocab, merges = _read_clip_vocabulary(Path(vocabulary))
     return [
-        CLIPTokenizer(vocab=dict(vocab), merges=list(merges), bos_token=BOS, eos_token=EOS, unk_token=EOS,
-                      pad_token=pad, model_max_length=MAX_LENGTH, name_or_path=str(vocabulary))
+        CLIPTokenizer(
+            vocab=dict(vocab),
+            merges=list(merges),  # type: ignore[arg-type]  # as in build_tiny_tokenizer: pairs, not list[str]
+            bos_token=BOS, eos_token=EOS, unk_token=EOS,
+            pad_token=pad, model_max_length=MAX_LENGTH, name_or_path=str(vocabulary),
+        )
         for pad in CLIP_PAD_TOKENS[family]
     ]
 
@@ -150,12 +160,12 @@ def _read_clip_vocabulary(path: Path) -> tuple[dict[str, int], tuple[tuple[str, 
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != CLIP_VOCAB_SIZE or any(len(pair) != 2 for pair in merges):
         raise UserError(f"{path}: not CLIP's BPE vocabulary ({len(vocab)} tokens); reinstall clip-anytorch")
-    return vocab, merges
+    return vocab, cast(tuple[tuple[str, str], ...], merges)  # every line split in two, checked above
 
 
 def check_vocab_fits(tokenizers, text_encoders) -> None:
     """Token ids beyond the embedding table would crash mid-training; refuse the pair up front."""
-    for tokenizer, encoder in zip(tokenizers, text_encoders):
+    for tokenizer, encoder in zip(tokenizers, text_encoders, strict=False):
         rows = encoder.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > rows:
             raise UserError(
@@ -175,7 +185,8 @@ def _from_folder(folder: Path, count: int) -> list[CLIPTokenizer] | None:
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
-    return (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() or (folder / "tokenizer.json").is_file()
+    has_vocab_and_merges = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    return has_vocab_and_merges or (folder / "tokenizer.json").is_file()
 
 
 def _load(folder: Path, **kwargs) -> CLIPTokenizer:

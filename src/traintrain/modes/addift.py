@@ -12,14 +12,25 @@ from __future__ import annotations
 import torch
 
 from traintrain.data.dataset import BucketBatches, image_background
-from traintrain.modes.common import build_network, fixed_conditionings, prompt_only_spec, stack_conditionings, train_result_network
+from traintrain.modes.common import (
+    build_network,
+    fixed_conditionings,
+    prompt_only_spec,
+    stack_conditionings,
+    train_result_network,
+)
 from traintrain.modes.denoising import fixed_noise_for, training_timesteps, unet_predict
 from traintrain.modes.inputs import (
-    FRAME_FIELDS, IMAGE_FOLDER_FIELDS, IMAGE_PAIR_FIELDS, check_folder_images_decode, check_image_folder,
-    check_image_pair, check_image_pair_decodes,
+    FRAME_FIELDS,
+    IMAGE_FOLDER_FIELDS,
+    IMAGE_PAIR_FIELDS,
+    check_folder_images_decode,
+    check_image_folder,
+    check_image_pair,
+    check_image_pair_decodes,
 )
-from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.modes.pairs import encode_pair, find_pairs, load_pair, pair_caption
+from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.training.events import Message
 from traintrain.training.loss import denoising_loss
 
@@ -56,17 +67,26 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
         adapted_cond = stack_conditionings([conds[index_of[id(s)]][1] for s in chosen])
         with torch.no_grad():
             network.set_enabled(False)
-            reference = unet_predict(components, scheduler.add_noise(reference_latent, noise, timesteps), timesteps, reference_cond)
+            reference = unet_predict(
+                components, scheduler.add_noise(reference_latent, noise, timesteps), timesteps, reference_cond
+            )
             network.set_enabled(True)
         network.set_multiplier(FORWARD_MULTIPLIER if forward else -FORWARD_MULTIPLIER * abs(config.diff_alt_ratio))
-        prediction = unet_predict(components, scheduler.add_noise(adapted_latent, noise, timesteps), timesteps, adapted_cond)
+        prediction = unet_predict(
+            components, scheduler.add_noise(adapted_latent, noise, timesteps), timesteps, adapted_cond
+        )
         network.set_multiplier(1.0)
         mask = None
         if config.diff_use_diff_mask and chosen[0].mask is not None:
             mask = torch.stack([s.mask for s in chosen]).to(prediction.device)
         return denoising_loss(
-            prediction, reference, timesteps.to(prediction.device), scheduler.alphas_cumprod,
-            snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction, mask=mask,
+            prediction,
+            reference,
+            timesteps.to(prediction.device),
+            scheduler.alphas_cumprod,
+            snr_gamma=config.train_snr_gamma,
+            v_prediction=components.v_prediction,
+            mask=mask,
             loss_function=config.train_loss_function,
         )
 
@@ -88,8 +108,16 @@ def train_addift(config, components, run) -> ModeOutcome:
     if config.diff_revert_original_target:
         original, target = target, original
     first, second = load_pair(original, target, image_background(config))
-    samples = encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second, "",
-                          config.diff_use_diff_mask)
+    samples = encode_pair(
+        config,
+        components.vae,
+        components.spec.latent_scale,
+        run.generator,
+        first,
+        second,
+        "",
+        config.diff_use_diff_mask,
+    )
     pair_conds = tuple(fixed_conditionings(components, [config.original_prompt, config.target_prompt]))
     return _train("ADDifT", config, components, run, samples, [pair_conds] * len(samples))
 
@@ -101,13 +129,24 @@ def train_multi_addift(config, components, run) -> ModeOutcome:
         if config.diff_revert_original_target:
             original, target = target, original
         first, second = load_pair(original, target, image_background(config))
-        caption = pair_caption(original if not config.diff_revert_original_target else target, config.lora_trigger_word,
-                               config.image_use_filename_as_tag)
-        samples += encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second,
-                               caption, config.diff_use_diff_mask)
+        caption = pair_caption(
+            original if not config.diff_revert_original_target else target,
+            config.lora_trigger_word,
+            config.image_use_filename_as_tag,
+        )
+        samples += encode_pair(
+            config,
+            components.vae,
+            components.spec.latent_scale,
+            run.generator,
+            first,
+            second,
+            caption,
+            config.diff_use_diff_mask,
+        )
     run.report(Message(f"Multi-ADDifT: {len(samples)} pair samples from {config.lora_data_directory}"))
     captions = sorted({s.caption for s in samples})
-    encoded = dict(zip(captions, fixed_conditionings(components, captions)))
+    encoded = dict(zip(captions, fixed_conditionings(components, captions), strict=False))
     conds = [(encoded[s.caption], encoded[s.caption]) for s in samples]
     return _train("Multi-ADDifT", config, components, run, samples, conds)
 
@@ -137,8 +176,15 @@ class ADDifTMode(TrainingMode):
 class MultiADDifTMode(TrainingMode):
     name = "Multi-ADDifT"
     summary = "ADDifT over a folder of image pairs (X.png and X_target.png), each with its caption"
-    fields = IMAGE_FOLDER_FIELDS + FRAME_FIELDS + ADDIFT_FIELDS + (
-        "diff_target_name", "diff_revert_original_target", "diff_use_fixed_noise",
+    fields = (
+        IMAGE_FOLDER_FIELDS
+        + FRAME_FIELDS
+        + ADDIFT_FIELDS
+        + (
+            "diff_target_name",
+            "diff_revert_original_target",
+            "diff_use_fixed_noise",
+        )
     )
     phases = ("Multi-ADDifT",)
     order = 4

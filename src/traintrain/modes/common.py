@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -44,22 +45,29 @@ def fixed_conditionings(components, prompts: list[str]) -> list[Conditioning]:
     """Encode prompts once, padded to a common length so they can be batched together."""
     joint = encode_prompts(components, prompts)
     return [
-        Conditioning(joint.hidden[i : i + 1].float().cpu(), None if joint.pooled is None else joint.pooled[i : i + 1].float().cpu())
+        Conditioning(
+            joint.hidden[i : i + 1].float().cpu(),
+            None if joint.pooled is None else joint.pooled[i : i + 1].float().cpu(),
+        )
         for i in range(len(prompts))
     ]
 
 
 def repeat_conditioning(cond: Conditioning, batch: int) -> Conditioning:
-    return Conditioning(cond.hidden.expand(batch, -1, -1), None if cond.pooled is None else cond.pooled.expand(batch, -1))
+    return Conditioning(
+        cond.hidden.expand(batch, -1, -1), None if cond.pooled is None else cond.pooled.expand(batch, -1)
+    )
 
 
 def stack_conditionings(conds: list[Conditioning]) -> Conditioning:
-    pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])
+    # The conditionings come from one model: all have a pooled embedding (SDXL) or none has.
+    pooled = None if conds[0].pooled is None else torch.cat(cast(list[torch.Tensor], [c.pooled for c in conds]))
     return Conditioning(torch.cat([c.hidden for c in conds]), pooled)
 
 
-def train_result_network(phase: str, network, config, compute_loss, components, run, copier=None,
-                         data_order=None) -> ModeOutcome:
+def train_result_network(
+    phase: str, network, config, compute_loss, components, run, copier=None, data_order=None
+) -> ModeOutcome:
     """Train the network whose file is the job's result: periodic saves and previews, final save.
 
     `data_order` (get_state/set_state) is the position of the mode's batches, kept in resumable states.
@@ -70,12 +78,24 @@ def train_result_network(phase: str, network, config, compute_loss, components, 
         render_previews(config, components, network, copier, run, suffix=f"_{step}steps")
 
     task = TrainingTask(
-        phase, parameter_groups(network, config), compute_loss, config.train_iterations, config.save_per_steps,
+        phase,
+        parameter_groups(network, config),
+        compute_loss,
+        config.train_iterations,
+        config.save_per_steps,
         lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
-        config.preview_every_steps if preview_prompts(config) else 0, preview, data_order, run.checkpoints,
+        config.preview_every_steps if preview_prompts(config) else 0,
+        preview,
+        data_order,
+        run.checkpoints,
     )
     saved: list[Path] = []
-    task.on_final_save = lambda: saved.append(run.writer.save(network, steps=config.train_iterations)) or saved[-1]
+
+    def save_final() -> Path:
+        saved.append(run.writer.save(network, steps=config.train_iterations))
+        return saved[-1]
+
+    task.on_final_save = save_final
     task.keep_final_state = config.save_state
     result = run_loop(task, config, run.report)
     return ModeOutcome(saved[-1], result.losses, network, copier)

@@ -9,15 +9,20 @@ from pathlib import Path
 
 import torch
 
-from traintrain.modes.common import (
-    build_network, fixed_conditionings, parameter_groups, prompt_only_spec, repeat_conditioning, train_result_network,
-)
-from traintrain.errors import UserError
 from traintrain.data.dataset import image_background
+from traintrain.errors import UserError
+from traintrain.modes.common import (
+    build_network,
+    fixed_conditionings,
+    parameter_groups,
+    prompt_only_spec,
+    repeat_conditioning,
+    train_result_network,
+)
 from traintrain.modes.denoising import denoising_step_loss, fixed_noise_for
 from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_PAIR_FIELDS, check_image_pair, check_image_pair_decodes
-from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.modes.pairs import encode_pair, load_pair
+from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.networks.kohya_format import load_lora
 from traintrain.training.checkpoint import SeededRandom
 from traintrain.training.events import Message
@@ -36,7 +41,9 @@ def image_loss_fn(components, config, run, latents: list[torch.Tensor], cond):
     def compute_loss(step: int) -> torch.Tensor:
         batch = torch.stack([picker.choice(latents) for _ in range(config.train_batch_size)])
         noise = fixed_noise(batch.shape) if fixed_noise else None
-        return denoising_step_loss(components, run.noise_scheduler, batch, batch_cond, config, run.generator, noise=noise)
+        return denoising_step_loss(
+            components, run.noise_scheduler, batch, batch_cond, config, run.generator, noise=noise
+        )
 
     return compute_loss, picker
 
@@ -70,9 +77,13 @@ def train_copier(config, components, run, samples, cond):
         return saved[-1]
 
     task = TrainingTask(
-        "copier", parameter_groups(copier, config), compute_loss, config.train_iterations,
+        "copier",
+        parameter_groups(copier, config),
+        compute_loss,
+        config.train_iterations,
         on_save=lambda step: run.writer.save(copier, suffix=f"{suffix}_{step}steps", steps=step),  # used by stops
-        data_order=picker, checkpoints=run.checkpoints,
+        data_order=picker,
+        checkpoints=run.checkpoints,
         on_final_save=save_final if result_only or config.diff_save_1st_pass else None,
         keep_final_state=result_only and config.save_state,
     )
@@ -92,8 +103,9 @@ def train_difference(config, components, run) -> ModeOutcome:
     difference = build_network(components, prompt_only_spec(second), run, resume=second.network_resume)
     compute_loss, picker = image_loss_fn(components, second, run, [s.target for s in samples], cond)
     run.writer.config = second
-    outcome = train_result_network("difference", difference, second, compute_loss, components, run, copier=copier,
-                                   data_order=picker)
+    outcome = train_result_network(
+        "difference", difference, second, compute_loss, components, run, copier=copier, data_order=picker
+    )
     outcome.extras.update(copier_losses=copier_losses, samples=samples, conditioning=cond)
     return outcome
 
@@ -102,9 +114,17 @@ def train_difference(config, components, run) -> ModeOutcome:
 class DifferenceMode(TrainingMode):
     name = "Difference"
     summary = "copy machine: from two images, a slider LoRA that carries only their difference"
-    fields = IMAGE_PAIR_FIELDS + FRAME_FIELDS + (
-        "original_prompt", "diff_save_1st_pass", "diff_1st_pass_only", "diff_load_1st_pass", "use_2nd_pass_settings",
-        "second_pass",
+    fields = (
+        IMAGE_PAIR_FIELDS
+        + FRAME_FIELDS
+        + (
+            "original_prompt",
+            "diff_save_1st_pass",
+            "diff_1st_pass_only",
+            "diff_load_1st_pass",
+            "use_2nd_pass_settings",
+            "second_pass",
+        )
     )
     phases = ("copier", "difference")
     order = 2
@@ -112,8 +132,9 @@ class DifferenceMode(TrainingMode):
     def check_inputs(self, config) -> None:
         check_image_pair(config)
         if config.diff_load_1st_pass and not Path(config.diff_load_1st_pass).is_file():
-            raise UserError(f"'{config.diff_load_1st_pass}' not found", "give the copier LoRA file",
-                            field="diff_load_1st_pass")
+            raise UserError(
+                f"'{config.diff_load_1st_pass}' not found", "give the copier LoRA file", field="diff_load_1st_pass"
+            )
 
     def check_images(self, config) -> None:
         check_image_pair_decodes(config)
@@ -126,8 +147,10 @@ class DifferenceMode(TrainingMode):
             return [f"{config.output_name}.safetensors"] + self.preview_files(config, periodic=False)
         files = super().planned_files(config)
         if config.diff_save_1st_pass:
-            files.insert(files.index(f"{config.output_name}_preview.png") if self.preview_prompts(config) else len(files),
-                         f"{config.output_name}_copy.safetensors")
+            files.insert(
+                files.index(f"{config.output_name}_preview.png") if self.preview_prompts(config) else len(files),
+                f"{config.output_name}_copy.safetensors",
+            )
         return files
 
     def train(self, config, components, run) -> ModeOutcome:

@@ -11,9 +11,15 @@ import dataclasses
 
 import torch
 
-from traintrain.models.encoding import encode_prompts
-from traintrain.modes.common import build_network, fixed_conditionings, prompt_only_spec, repeat_conditioning, train_result_network
 from traintrain.errors import UserError
+from traintrain.models.encoding import encode_prompts
+from traintrain.modes.common import (
+    build_network,
+    fixed_conditionings,
+    prompt_only_spec,
+    repeat_conditioning,
+    train_result_network,
+)
 from traintrain.modes.denoising import training_timesteps, unet_predict
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.training.loss import denoising_loss
@@ -44,7 +50,11 @@ def ileco_loss_fn(components, network, config, run, original, target, latent):
 
     def compute_loss(step: int) -> torch.Tensor:
         timesteps = training_timesteps(
-            batch, config.train_min_timesteps, config.train_max_timesteps, run.generator, config.train_fixed_timsteps_in_batch
+            batch,
+            config.train_min_timesteps,
+            config.train_max_timesteps,
+            run.generator,
+            config.train_fixed_timsteps_in_batch,
         )
         adapted_b = original_b
         if config.network_train_text_encoder:
@@ -55,8 +65,12 @@ def ileco_loss_fn(components, network, config, run, original, target, latent):
             network.set_enabled(True)
         prediction = unet_predict(components, latent, timesteps, adapted_b)
         return denoising_loss(
-            prediction, wanted, timesteps.to(prediction.device), scheduler.alphas_cumprod,
-            snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction,
+            prediction,
+            wanted,
+            timesteps.to(prediction.device),
+            scheduler.alphas_cumprod,
+            snr_gamma=config.train_snr_gamma,
+            v_prediction=components.v_prediction,
             loss_function=config.train_loss_function,
         )
 
@@ -83,8 +97,11 @@ class ILECOMode(TrainingMode):
 
     def check_inputs(self, config) -> None:
         if not config.original_prompt.strip():
-            raise UserError("iLECO needs original_prompt (the concept to change)", "target_prompt empty = erase it",
-                            field="original_prompt")
+            raise UserError(
+                "iLECO needs original_prompt (the concept to change)",
+                "target_prompt empty = erase it",
+                field="original_prompt",
+            )
 
     def default_preview_prompts(self, config) -> list[str]:
         return [p for p in (config.original_prompt, config.target_prompt) if p.strip()]

@@ -24,7 +24,9 @@ def check_image_folder(config) -> None:
         raise UserError(f"{config.mode} mode needs a folder of images", "choose the image folder",
                         field="lora_data_directory")
     if not Path(folder).is_dir():
-        raise UserError(f"image folder {folder} does not exist", "choose an existing folder", field="lora_data_directory")
+        raise UserError(
+            f"image folder {folder} does not exist", "choose an existing folder", field="lora_data_directory"
+        )
     find_images(folder)
 
 
@@ -40,21 +42,29 @@ def check_folder_images_decode(config) -> None:
             return
         except BadImage as error:
             first_error = first_error or error
-    raise UserError(f"no usable image in {config.lora_data_directory}: none of its {len(paths)} image files "
-                    f"can be read ({first_error})", "add readable images", field="lora_data_directory")
+    raise UserError(
+        f"no usable image in {config.lora_data_directory}: none of its {len(paths)} image files "
+        f"can be read ({first_error})",
+        "add readable images",
+        field="lora_data_directory",
+    )
 
 
 def check_image_pair(config) -> None:
     for name in ("original_image", "target_image"):
         value = getattr(config, name)
         if not value or not Path(value).is_file():
-            raise UserError(f"{config.mode} needs {name}: '{value}' is not an image file", "choose an image file",
-                            field=name)
+            raise UserError(
+                f"{config.mode} needs {name}: '{value}' is not an image file", "choose an image file", field=name
+            )
 
 
 def check_image_pair_decodes(config) -> None:
     original, target = load_image(config.original_image), load_image(config.target_image)
     if original.image.size != target.image.size:
         (w1, h1), (w2, h2) = original.image.size, target.image.size
-        raise UserError(f"original image {config.original_image} is {w1}x{h1} but target image "
-                        f"{config.target_image} is {w2}x{h2}", "both must have the same size", field="target_image")
+        raise UserError(
+            f"original image {config.original_image} is {w1}x{h1} but target image {config.target_image} is {w2}x{h2}",
+            "both must have the same size",
+            field="target_image",
+        )

@@ -9,8 +9,8 @@ import torch
 from traintrain.data.dataset import BucketBatches, build_training_data
 from traintrain.data.plan_report import plan_lines
 from traintrain.models.encoding import Conditioning, encode_prompts
-from traintrain.modes.denoising import denoising_step_loss
 from traintrain.modes.common import build_network, train_result_network
+from traintrain.modes.denoising import denoising_step_loss
 from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_FOLDER_FIELDS, check_folder_images_decode, check_image_folder
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.networks.network import NetworkSpec
@@ -26,7 +26,10 @@ class TextCache:
         with torch.no_grad():
             for caption in sorted(set(captions)):
                 cond = encode_prompts(components, [caption])
-                self.by_caption[caption] = (cond.hidden[0].float().cpu(), None if cond.pooled is None else cond.pooled[0].float().cpu())
+                self.by_caption[caption] = (
+                    cond.hidden[0].float().cpu(),
+                    None if cond.pooled is None else cond.pooled[0].float().cpu(),
+                )
             empty = encode_prompts(components, [""])
         self.empty_chunk = empty.hidden[0].float().cpu()
 
@@ -62,8 +65,10 @@ def train_lora(config, components, run) -> ModeOutcome:
         captions = [s.caption for s in samples]
         cond = text_cache.batch(captions) if text_cache else encode_prompts(components, captions)
         masks = [s.mask for s in samples]
-        mask = None if all(m is None for m in masks) else torch.stack(
-            [m if m is not None else torch.ones_like(latents[0, :1]) for m in masks]
+        mask = (
+            None
+            if all(m is None for m in masks)
+            else torch.stack([m if m is not None else torch.ones_like(latents[0, :1]) for m in masks])
         )
         return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask)
 
@@ -76,9 +81,16 @@ def train_lora(config, components, run) -> ModeOutcome:
 class LoRAMode(TrainingMode):
     name = "LoRA"
     summary = "learn from a folder of captioned images (denoising loss)"
-    fields = IMAGE_FOLDER_FIELDS + FRAME_FIELDS + (
-        "sub_image_num", "image_num_multiply", "image_disable_upscale", "image_alpha_mask",
-        "latent_cache_dir",
+    fields = (
+        IMAGE_FOLDER_FIELDS
+        + FRAME_FIELDS
+        + (
+            "sub_image_num",
+            "image_num_multiply",
+            "image_disable_upscale",
+            "image_alpha_mask",
+            "latent_cache_dir",
+        )
     )
     phases = ("LoRA",)
     order = 0

@@ -49,7 +49,9 @@ def load_pair(original: str | Path, target: str | Path,
 
 def pair_frame(config, size: tuple[int, int]) -> tuple[int, int]:
     """The bucket frame (nearest aspect ratio) both images of a pair are fitted to."""
-    plan = BucketPlan.build(tuple(config.image_size), config.image_buckets_step, config.image_min_length, config.image_max_ratio)
+    plan = BucketPlan.build(
+        tuple(config.image_size), config.image_buckets_step, config.image_min_length, config.image_max_ratio
+    )
     return plan.plan({"pair": size}, 0, False).frames_by_image["pair"][0]
 
 
@@ -62,15 +64,18 @@ def difference_mask(first: LoadedImage, second: LoadedImage, latent_hw) -> torch
     return F.adaptive_max_pool2d(soft, tuple(latent_hw))[0]
 
 
-def encode_pair(config, vae, latent_scale, generator, first: LoadedImage, second: LoadedImage, caption: str,
-                with_mask: bool) -> list[PairSample]:
+def encode_pair(
+    config, vae, latent_scale, generator, first: LoadedImage, second: LoadedImage, caption: str, with_mask: bool
+) -> list[PairSample]:
     """Latents of a fitted pair (and of its mirror image when image_mirroring is on)."""
     frame = pair_frame(config, first.image.size)
     first, second = first.fit(*frame), second.fit(*frame)
     variants = [(first, second)] + ([(first.mirrored(), second.mirrored())] if config.image_mirroring else [])
     samples = []
     for a, b in variants:
-        latents = encode_latents(vae, torch.stack([image_to_tensor(a.image), image_to_tensor(b.image)]), latent_scale, generator)
+        latents = encode_latents(
+            vae, torch.stack([image_to_tensor(a.image), image_to_tensor(b.image)]), latent_scale, generator
+        )
         mask = difference_mask(a, b, latents.shape[-2:]) if with_mask else None
         samples.append(PairSample(latents[0], latents[1], frame, caption, mask))
     return samples

@@ -57,10 +57,10 @@ class TrainingMode(ABC):
     phases: ClassVar[tuple[str, ...]]  # names of its training phases, as progress events report them
     order: ClassVar[int] = 100  # position in lists of modes (the built-in ones first)
 
-    def check_inputs(self, config: TrainConfig) -> None:
+    def check_inputs(self, config: TrainConfig) -> None:  # noqa: B027 - optional hook, no-op by default
         """Inputs that must exist before a model is loaded (cheap: no image decoding)."""
 
-    def check_images(self, config: TrainConfig) -> None:
+    def check_images(self, config: TrainConfig) -> None:  # noqa: B027 - optional hook, no-op by default
         """Pre-flight: the mode's images decode (run before the model loads)."""
 
     def result_config(self, config: TrainConfig) -> TrainConfig:
@@ -81,7 +81,9 @@ class TrainingMode(ABC):
         name, result = config.output_name, self.result_config(config)
         files = [f"{name}_preview.png"]
         if periodic:
-            files += [f"{name}_{step}steps_preview.png" for step in every(result.preview_every_steps, result.train_iterations)]
+            files += [
+                f"{name}_{step}steps_preview.png" for step in every(result.preview_every_steps, result.train_iterations)
+            ]
         return files
 
     def default_preview_prompts(self, config: TrainConfig) -> list[str]:

@@ -9,6 +9,7 @@ keeps the copier applied under the difference LoRA) and each can be removed agai
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,8 +24,9 @@ class AdapterModule(nn.Module, abc.ABC):
 
     # Tensors that each get sqrt(network_strength) when saving, so the whole update scales by it.
     strength_tensors: tuple[str, ...] = ()
+    alpha: torch.Tensor  # a buffer each algorithm registers (the saved `alpha`)
 
-    def __init__(self, lora_name: str, org_module: nn.Module):
+    def __init__(self, lora_name: str, org_module: nn.Linear | nn.Conv2d):
         super().__init__()
         if not isinstance(org_module, (nn.Linear, nn.Conv2d)):
             raise TypeError(f"adapters apply to Linear and Conv2d, not {type(org_module).__name__}")
@@ -32,7 +34,7 @@ class AdapterModule(nn.Module, abc.ABC):
         self.multiplier = 1.0
         self.enabled = True
         self.org_module = [org_module]  # a list keeps it out of this module's parameters
-        self._org_forward = None
+        self._org_forward: Callable[..., torch.Tensor] | None = None
 
     @property
     def is_conv(self) -> bool:
@@ -41,11 +43,12 @@ class AdapterModule(nn.Module, abc.ABC):
     def apply_to(self) -> None:
         org = self.org_module[0]
         self._org_forward = org.forward
-        org.forward = self.forward
+        # The hook: the layer's forward is replaced on purpose (an instance attribute shadowing the method).
+        org.forward = self.forward  # type: ignore[method-assign, assignment]
 
     def remove(self) -> None:
         if self._org_forward is not None:
-            self.org_module[0].forward = self._org_forward
+            self.org_module[0].forward = self._org_forward  # type: ignore[method-assign]  # unhook: see apply_to
             self._org_forward = None
 
     def forward(self, x, *args, **kwargs):
@@ -87,12 +90,12 @@ class WeightDeltaModule(AdapterModule):
         weight = self.delta_weight() * self.multiplier
         x = x.to(weight.dtype)
         org = self.org_module[0]
-        if self.is_conv:
+        if isinstance(org, nn.Conv2d):  # self.is_conv, spelled so the type checker narrows `org`
             return F.conv2d(x, weight, None, org.stride, org.padding, org.dilation, org.groups)
         return F.linear(x, weight)
 
 
-def flat_weight_shape(org_module: nn.Module) -> tuple[int, int]:
+def flat_weight_shape(org_module: nn.Linear | nn.Conv2d) -> tuple[int, int]:
     """(out, in * k * k): the matrix the factorised update is built as, before reshaping."""
     weight = org_module.weight
     return weight.shape[0], weight[0].numel()

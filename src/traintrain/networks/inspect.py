@@ -11,11 +11,15 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from traintrain.choices import ALL_BLOCK_IDS, TEXT_ENCODER_BLOCK, NetworkType
 from traintrain.errors import UserError
 from traintrain.networks.kohya_format import NETWORK_MODULES, load_lora
 from traintrain.networks.targeting import block_id_of
+
+if TYPE_CHECKING:
+    import torch
 
 FAMILY_BY_VERSION = {"sd_v1": "sd1", "sd_v2": "sd2"}
 FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
@@ -23,7 +27,9 @@ FAMILY_BY_CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 LAYERS_PER_BLOCK = 2  # every SD1/SD2/SDXL UNet
 BLOCK_ORDER = {block: index for index, block in enumerate(ALL_BLOCK_IDS)}
 SGM_BLOCK = re.compile(r"lora_unet_(?:input_blocks_(\d+)|middle_block|output_blocks_(\d+))")
-DIFFUSERS_BLOCK = re.compile(r"lora_unet_(?:(down|up)_blocks_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)|mid_block)")
+DIFFUSERS_BLOCK = re.compile(
+    r"lora_unet_(?:(down|up)_blocks_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)|mid_block)"
+)
 
 
 @dataclass
@@ -61,21 +67,29 @@ class LoraSummary:
 
 def inspect_lora(path) -> LoraSummary:
     tensors, metadata = load_lora(Path(path))
-    stems = {}
+    stems: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         stem, _, suffix = key.partition(".")
         if stem.startswith("lora_"):
             stems.setdefault(stem, {})[suffix] = tensor
     if not stems:
-        raise UserError(f"{path}: no LoRA modules in it (no lora_unet_/lora_te keys); is it a model rather than a LoRA?")
+        raise UserError(
+            f"{path}: no LoRA modules in it (no lora_unet_/lora_te keys); is it a model rather than a LoRA?"
+        )
     network_type = _network_type(stems)
     modules = {stem: _module_info(parts) for stem, parts in sorted(stems.items())}
-    blocks = sorted({b for b in map(block_of, stems) if b}, key=BLOCK_ORDER.get)
+    blocks = sorted({b for b in map(block_of, stems) if b}, key=BLOCK_ORDER.__getitem__)
     text = sum(1 for stem in stems if stem.startswith("lora_te"))
     return LoraSummary(
-        file=str(path), family=_family(stems, metadata), network_type=network_type,
+        file=str(path),
+        family=_family(stems, metadata),
+        network_type=network_type,
         network_module=metadata.get("ss_network_module", NETWORK_MODULES[network_type]),
-        unet_modules=len(stems) - text, text_encoder_modules=text, blocks=blocks, modules=modules, metadata=metadata,
+        unet_modules=len(stems) - text,
+        text_encoder_modules=text,
+        blocks=blocks,
+        modules=modules,
+        metadata=metadata,
     )
 
 
@@ -102,8 +116,13 @@ def _network_type(stems: dict) -> NetworkType:
     if any(s.startswith("lokr_") for s in suffixes):
         return NetworkType.LOKR
     if "lora_down.weight" not in suffixes:
-        raise UserError(f"unknown adapter tensors ({', '.join(sorted(suffixes)[:4])}); inspect reads LoRA, LoCon, LoHa and LoKr files")
-    kxk = any(parts["lora_down.weight"].ndim == 4 and parts["lora_down.weight"].shape[-1] > 1 for parts in stems.values())
+        raise UserError(
+            f"unknown adapter tensors ({', '.join(sorted(suffixes)[:4])}); "
+            "inspect reads LoRA, LoCon, LoHa and LoKr files"
+        )
+    kxk = any(
+        parts["lora_down.weight"].ndim == 4 and parts["lora_down.weight"].shape[-1] > 1 for parts in stems.values()
+    )
     return NetworkType.C3LIER if kxk else NetworkType.LIERLA
 
 
@@ -128,7 +147,9 @@ def _family(stems: dict, metadata: dict) -> str:
         return "sdxl"
     if version in FAMILY_BY_VERSION:
         return FAMILY_BY_VERSION[version]
-    if any(s.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks")) for s in stems):
+    if any(
+        s.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks")) for s in stems
+    ):
         return "sdxl"
     for stem, parts in stems.items():
         width = _input_width(parts)
@@ -160,7 +181,11 @@ def format_summary(summary: LoraSummary, value_width: int = 100) -> str:
     else:
         lines.append("rank/alpha: " + ", ".join(f"{_rank_alpha(pair)} ({count} modules)" for pair, count in groups))
         common = groups[0][0]
-        lines += [f"  {name}: {_rank_alpha((m.rank, m.alpha))}" for name, m in summary.modules.items() if (m.rank, m.alpha) != common]
+        lines += [
+            f"  {name}: {_rank_alpha((m.rank, m.alpha))}"
+            for name, m in summary.modules.items()
+            if (m.rank, m.alpha) != common
+        ]
     lines.append("blocks: " + ", ".join(summary.blocks))
     lines.append("metadata:" if summary.metadata else "metadata: none")
     for key in sorted(summary.metadata):

@@ -15,14 +15,26 @@ class LoRAModule(AdapterModule):
 
     strength_tensors = ("lora_down.weight", "lora_up.weight")
 
-    def __init__(self, lora_name: str, org_module: nn.Module, rank: int, alpha: float, dtype=torch.float32):
+    lora_down: nn.Conv2d | nn.Linear
+    lora_up: nn.Conv2d | nn.Linear
+
+    def __init__(
+        self, lora_name: str, org_module: nn.Linear | nn.Conv2d, rank: int, alpha: float, dtype=torch.float32
+    ):
         super().__init__(lora_name, org_module)
         if isinstance(org_module, nn.Conv2d):
             in_dim, out_dim = org_module.in_channels, org_module.out_channels
             rank = min(rank, in_dim, out_dim)
+            # torch types a Conv2d's kernel_size/stride/padding/dilation as tuple[int, ...] but its
+            # constructor as tuple[int, int]; the values come from a Conv2d, so they are pairs.
             self.lora_down = nn.Conv2d(
-                in_dim, rank, org_module.kernel_size, org_module.stride, org_module.padding,
-                dilation=org_module.dilation, bias=False,
+                in_dim,
+                rank,
+                org_module.kernel_size,  # type: ignore[arg-type]
+                org_module.stride,  # type: ignore[arg-type]
+                org_module.padding,  # type: ignore[arg-type]
+                dilation=org_module.dilation,  # type: ignore[arg-type]
+                bias=False,
             )
             self.lora_up = nn.Conv2d(rank, out_dim, 1, 1, bias=False)
         else:

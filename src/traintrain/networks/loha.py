@@ -17,7 +17,9 @@ class LoHaModule(WeightDeltaModule):
     # Scaling one factor of each pair by sqrt(s) scales their product dW by s.
     strength_tensors = ("hada_w1_a", "hada_w2_a")
 
-    def __init__(self, lora_name: str, org_module: nn.Module, rank: int, alpha: float, dtype=torch.float32):
+    def __init__(
+        self, lora_name: str, org_module: nn.Linear | nn.Conv2d, rank: int, alpha: float, dtype=torch.float32
+    ):
         super().__init__(lora_name, org_module)
         out_dim, in_dim = flat_weight_shape(org_module)
         self.rank = rank

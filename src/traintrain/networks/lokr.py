@@ -27,13 +27,17 @@ def factorization(dimension: int) -> tuple[int, int]:
 
 
 class LoKrModule(WeightDeltaModule):
-    def __init__(self, lora_name: str, org_module: nn.Module, rank: int, alpha: float, dtype=torch.float32):
+    def __init__(
+        self, lora_name: str, org_module: nn.Linear | nn.Conv2d, rank: int, alpha: float, dtype=torch.float32
+    ):
         super().__init__(lora_name, org_module)
         weight_shape = org_module.weight.shape
         (a, b), (c, d) = factorization(weight_shape[0]), factorization(weight_shape[1])
         kernel = tuple(weight_shape[2:])
         self.rank = rank
         self.full_w2 = rank >= max(b, d) / 2
+        # sqrt(s) on each Kronecker factor scales dW by s.
+        self.strength_tensors = ("lokr_w1", "lokr_w2" if self.full_w2 else "lokr_w2_a")
         self.lokr_w1 = nn.Parameter(torch.empty(a, c))
         if self.full_w2:
             self.lokr_w2 = nn.Parameter(torch.empty(b, d, *kernel))
@@ -51,13 +55,9 @@ class LoKrModule(WeightDeltaModule):
             nn.init.zeros_(self.lokr_w2_b)
         self.to(dtype)
 
-    @property
-    def strength_tensors(self) -> tuple[str, ...]:
-        """sqrt(s) on each Kronecker factor scales dW by s."""
-        return ("lokr_w1", "lokr_w2" if self.full_w2 else "lokr_w2_a")
-
     def delta_weight(self) -> torch.Tensor:
         shape = self.org_module[0].weight.shape
+        w2: torch.Tensor
         if self.full_w2:
             w2 = self.lokr_w2
             w1 = self.lokr_w1.reshape(*self.lokr_w1.shape, *[1] * (w2.ndim - 2))
@@ -66,7 +66,7 @@ class LoKrModule(WeightDeltaModule):
         return torch.kron(w1, w2).reshape(shape) * (self.alpha / self.rank)
 
     def saved_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"lokr_w1": self.lokr_w1}
+        tensors: dict[str, torch.Tensor] = {"lokr_w1": self.lokr_w1}
         if self.full_w2:
             tensors["lokr_w2"] = self.lokr_w2
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from traintrain.networks.lokr import LoKrModule
 from traintrain.networks.targeting import resolve_blocks, text_encoder_targets, unet_targets
 
 # network_type -> module class; every type but lierla also adapts the ResNet and sampler convs.
-MODULE_CLASSES = {
+MODULE_CLASSES: dict[NetworkType, type[LoRAModule] | type[LoHaModule] | type[LoKrModule]] = {
     NetworkType.LIERLA: LoRAModule, NetworkType.C3LIER: LoRAModule, NetworkType.LOHA: LoHaModule,
     NetworkType.LOKR: LoKrModule,
 }
@@ -44,7 +45,7 @@ class NetworkSpec:
         object.__setattr__(self, "element", NetworkElement.parse(self.element, "network_element"))
 
     @classmethod
-    def from_config(cls, config) -> "NetworkSpec":
+    def from_config(cls, config) -> NetworkSpec:
         return cls(
             network_type=config.network_type,
             rank=config.network_rank,
@@ -87,7 +88,7 @@ class AdapterNetwork(nn.Module):
         )
         text = []
         if spec.trains_text_encoder:
-            for prefix, encoder in zip(components.spec.text_encoder_prefixes, components.text_encoders):
+            for prefix, encoder in zip(components.spec.text_encoder_prefixes, components.text_encoders, strict=False):
                 text += text_encoder_targets(encoder, prefix)
         if not unet and not text:
             raise UserError(
@@ -106,9 +107,9 @@ class AdapterNetwork(nn.Module):
 
     @property
     def all_modules(self) -> list[AdapterModule]:
-        return list(self.unet_modules) + list(self.text_encoder_modules)
+        return cast(list[AdapterModule], list(self.unet_modules) + list(self.text_encoder_modules))
 
-    def apply(self) -> "AdapterNetwork":
+    def apply(self) -> AdapterNetwork:  # type: ignore[override]  # hooks the modules in; not nn.Module.apply(fn)
         if not self._applied:
             for module in self.all_modules:
                 module.apply_to()
@@ -157,11 +158,12 @@ class AdapterNetwork(nn.Module):
         if missing or extra:
             detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
             raise UserError(
-                f"{source}: does not match this network ({detail}); use the same model, network type, blocks and element"
+                f"{source}: does not match this network ({detail}); "
+                "use the same model, network type, blocks and element"
             )
         for module in self.all_modules:
             prefix = module.lora_name + "."
-            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 module.load_saved_tensors(own)
             except ValueError as exc:

@@ -92,7 +92,9 @@ def _trainable_children(container: nn.Module, include_kxk: bool):
                 yield name, child, is_kxk
 
 
-def unet_targets(unet, *, blocks: list[str], element: NetworkElement, with_conv_blocks: bool, sgm_names: bool = False) -> list[Target]:
+def unet_targets(
+    unet, *, blocks: list[str], element: NetworkElement, with_conv_blocks: bool, sgm_names: bool = False
+) -> list[Target]:
     """UNet layers to adapt, in module order, named as kohya does: diffusers paths (SD1/SD2) or SGM (SDXL)."""
     per_level = unet.config.layers_per_block
     if isinstance(per_level, (list, tuple)):

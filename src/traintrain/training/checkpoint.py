@@ -128,9 +128,9 @@ class Checkpoints:
 
 
 def _copy_params(params, saved, phase: str) -> None:
-    if len(params) != len(saved) or any(p.shape != s.shape for p, s in zip(params, saved)):
+    if len(params) != len(saved) or any(p.shape != s.shape for p, s in zip(params, saved, strict=False)):
         raise UserError(f"the state's {phase} network does not match this run's", "resume with the same model",
                         field=RESUME_STATE)
     with torch.no_grad():
-        for param, value in zip(params, saved):
+        for param, value in zip(params, saved, strict=False):
             param.copy_(value)

@@ -54,5 +54,5 @@ def read_csv_log(path: Path) -> tuple[dict[str, str], list[dict[str, float]]]:
         elif header is None:
             settings[row[0]] = row[1] if len(row) > 1 else ""
         else:
-            rows.append({key: float(value) for key, value in zip(header, row)})
+            rows.append({key: float(value) for key, value in zip(header, row, strict=False)})
     return settings, rows

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Saved:
     step: int
 
 
-Event = Union[Progress, Message, Saved]
+Event = Progress | Message | Saved
 Reporter = Callable[[Event], None]
 
 

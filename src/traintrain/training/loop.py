@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -103,14 +104,14 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
 
         saved = None
         if task.save_every and task.on_save and step % task.save_every == 0 and step < task.iterations:
-            saved = _save(training, task, step)
+            saved = _save(training, task.on_save, step)
         if task.preview_every and task.on_preview and step % task.preview_every == 0 and step < task.iterations:
             training.before_save()  # previews show the weights a save would hold
             task.on_preview(step)
             training.before_training()
         stop = checkpoints is not None and checkpoints.stop_requested.is_set() and step < task.iterations
         if stop and saved is None and task.on_save:
-            saved = _save(training, task, step)
+            saved = _save(training, task.on_save, step)
         state = None
         if saved is not None:
             last_saved = saved
@@ -150,9 +151,9 @@ def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int, param
     return sum(values) / micro_steps, problem
 
 
-def _save(training, task: TrainingTask, step: int) -> Path:
+def _save(training, on_save: Callable[[int], Path], step: int) -> Path:
     training.before_save()
-    path = task.on_save(step)
+    path = on_save(step)
     training.before_training()
     return path
 
@@ -160,9 +161,14 @@ def _save(training, task: TrainingTask, step: int) -> Path:
 def _guard(config, step: int, problem: str, skipped: int, last_saved: Path | None, report: Reporter) -> None:
     """Stop on a non-finite step, or under the skip policy report it and let the loop skip it."""
     if config.train_nan_policy == NanPolicy.SKIP and skipped <= config.train_nan_skip_limit:
-        report(Message(f"step {step}: {problem}; step skipped ({skipped} of at most {config.train_nan_skip_limit})", "warning"))
+        most = config.train_nan_skip_limit
+        report(Message(f"step {step}: {problem}; step skipped ({skipped} of at most {most})", "warning"))
         return
-    limit = f" after {skipped - 1} skipped steps (train_nan_skip_limit)" if config.train_nan_policy == NanPolicy.SKIP else ""
+    limit = (
+        f" after {skipped - 1} skipped steps (train_nan_skip_limit)"
+        if config.train_nan_policy == NanPolicy.SKIP
+        else ""
+    )
     kept = f"the last good save {last_saved} is kept" if last_saved else "no file was written in this phase"
     raise NonFiniteLoss(
         f"training stopped at step {step}{limit}: {problem}. Likely causes: fp16 precision of the model or VAE "

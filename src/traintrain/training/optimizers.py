@@ -111,12 +111,12 @@ class TrainingOptimizer:
 
     def before_training(self) -> None:
         if self.schedule_free:
-            self.optimizer.train()
+            self.optimizer.train()  # type: ignore[attr-defined]  # schedule-free optimizers add train()/eval()
 
     def before_save(self) -> None:
         """Schedule-free optimizers train on an interpolation; the averaged weights appear in eval mode."""
         if self.schedule_free:
-            self.optimizer.eval()
+            self.optimizer.eval()  # type: ignore[attr-defined]  # see before_training
 
     def learning_rate(self) -> float:
         """The lr of the first group's last step, including what adaptive optimizers found."""
@@ -143,6 +143,7 @@ def build_training_optimizer(config, param_groups: list[dict], total_steps: int)
         raise UserError(f"train_optimizer {name.value} with settings {settings}: {exc}") from None
 
     notes = []
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     if relative_step:
         from transformers.optimization import AdafactorSchedule
 

@@ -42,7 +42,9 @@ def check_latent_cache_dir(config) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise UserError(f"latent_cache_dir {folder} is not a writable folder ({error.strerror}); choose another") from None
+        raise UserError(
+            f"latent_cache_dir {folder} is not a writable folder ({error.strerror}); choose another"
+        ) from None
 
 
 def check_disk_space(config, plan: OutputPlan, shapes: WeightShapes, file_names: list[str]) -> None:
@@ -59,7 +61,8 @@ def check_disk_space(config, plan: OutputPlan, shapes: WeightShapes, file_names:
     if needed > free:
         raise UserError(
             f"not enough disk space in {plan.directory}: this run saves {len(file_names)} file(s) needing up to "
-            f"{_size(needed)}, but only {_size(free)} is free", "free some space or choose another output folder",
+            f"{_size(needed)}, but only {_size(free)} is free",
+            "free some space or choose another output folder",
             field=OUTPUT_DIR,
         )
 
@@ -72,8 +75,9 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
-def _size(count: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if count < 1024:
             return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
         count /= 1024
+    return f"{count:.1f} GiB"

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from traintrain.errors import UserError
 from traintrain.training.csv_log import CsvLog
 from traintrain.training.events import Event, Message, Progress, Reporter
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 def check_logging(config) -> None:
@@ -32,7 +36,7 @@ class RunLogs:
         self.clock = time.localtime(time.time() if now is None else now)
         self.folder = Path(output_dir) / "logs"
         self.csv: CsvLog | None = None
-        self.tensorboard = None
+        self.tensorboard: SummaryWriter | None = None
         self.phases: list[str] = []
         if config.save_as_json:
             self._archive_settings(Path(output_dir))
@@ -54,7 +58,11 @@ class RunLogs:
         if self.csv:
             self.csv.add(event.step, event.loss, event.loss_average, event.learning_rate)
         if self.tensorboard:
-            for tag, value in (("loss", event.loss), ("loss_average", event.loss_average), ("learning_rate", event.learning_rate)):
+            for tag, value in (
+                ("loss", event.loss),
+                ("loss_average", event.loss_average),
+                ("learning_rate", event.learning_rate),
+            ):
                 self.tensorboard.add_scalar(f"{event.phase}/{tag}", value, event.step)
         if event.step == event.total:
             self._close()

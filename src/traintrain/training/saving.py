@@ -7,6 +7,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from traintrain.choices import NetworkType
 from traintrain.errors import OUTPUT_DIR, UserError
@@ -15,6 +16,10 @@ from traintrain.networks.kohya_format import build_metadata, save_lora
 from traintrain.networks.lokr import factorization
 from traintrain.training.events import Reporter, Saved
 from traintrain.training.runtime import DTYPES
+
+if TYPE_CHECKING:
+    from traintrain.config import TrainConfig
+    from traintrain.models.families import FamilySpec
 
 BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "bf16": 2}
 HEADER_BYTES_PER_TENSOR = 512  # safetensors JSON header entry, generously
@@ -50,14 +55,20 @@ class OutputPlan:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"output folder {self.directory} cannot be created ({exc.strerror})", "choose another output folder",
-                            field=OUTPUT_DIR) from None
+            raise UserError(
+                f"output folder {self.directory} cannot be created ({exc.strerror})",
+                "choose another output folder",
+                field=OUTPUT_DIR,
+            ) from None
         try:
             with tempfile.TemporaryFile(dir=self.directory) as probe:  # never visible, even if killed
                 probe.write(b"x")
         except OSError as exc:
-            raise UserError(f"output folder {self.directory} is not writable ({exc.strerror})", "choose another output folder",
-                            field=OUTPUT_DIR) from None
+            raise UserError(
+                f"output folder {self.directory} is not writable ({exc.strerror})",
+                "choose another output folder",
+                field=OUTPUT_DIR,
+            ) from None
 
     def remove_stale_temps(self, file_names) -> None:
         """Temporary files of these names are left-overs of a killed run: the job owns these names."""
@@ -101,8 +112,8 @@ class LoraWriter:
     """Saves a network under the plan's name with the run's metadata."""
 
     plan: OutputPlan
-    config: object
-    family_spec: object
+    config: TrainConfig
+    family_spec: FamilySpec
     v_prediction: bool
     seed: int
     report: Reporter
@@ -117,9 +128,16 @@ class LoraWriter:
         target = self.plan.path(suffix or self.final_suffix)
         tensors = network.tensors_for_save(DTYPES[self.config.save_precision], self.config.network_strength)
         metadata = build_metadata(
-            config=self.config, spec=network.spec, family_spec=self.family_spec, v_prediction=self.v_prediction,
-            seed=self.seed, started_at=self.started_at, steps=steps, tag_frequency=self.tag_frequency,
-            num_images=self.num_images, extra=extra,
+            config=self.config,
+            spec=network.spec,
+            family_spec=self.family_spec,
+            v_prediction=self.v_prediction,
+            seed=self.seed,
+            started_at=self.started_at,
+            steps=steps,
+            tag_frequency=self.tag_frequency,
+            num_images=self.num_images,
+            extra=extra,
         )
         save_lora(target, tensors, metadata)
         self.report(Saved(str(target), steps))

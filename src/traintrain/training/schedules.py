@@ -8,7 +8,7 @@ piecewise schedules ignore it) and bad rules get a message naming the format. `s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from diffusers.optimization import get_scheduler
 from torch.optim.lr_scheduler import LambdaLR
@@ -62,7 +62,9 @@ def step_decay(rules: str) -> Callable[[int], float]:
         size = int(size_text)
         gamma = float(gamma_text) if gamma_text.strip() else STEP_GAMMA
     except ValueError:
-        raise UserError(f"train_lr_step_rules: '{rules}' is not N or N:GAMMA for the step scheduler, {example}") from None
+        raise UserError(
+            f"train_lr_step_rules: '{rules}' is not N or N:GAMMA for the step scheduler, {example}"
+        ) from None
     if size < 1 or gamma < 0:
         raise UserError(f"train_lr_step_rules: '{rules}' needs N >= 1 and GAMMA >= 0, {example}")
     return lambda step: gamma ** (step // size)
