@@ -17,6 +17,7 @@ CHANGED = {
     "train_lr_scheduler": "cosine_with_restarts", "save_lora_name": "x", "use_gradient_checkpointing": True,
     "network_conv_rank": 2, "network_conv_alpha": 1.0, "network_element": "CrossAttention",
     "train_lr_step_rules": "1:10,0.1", "train_lr_scheduler_num_cycles": 3, "train_lr_scheduler_power": 2.0,
+    "train_lr_scheduler_settings": "T_mult=2",
     "train_lr_warmup_steps": 5, "train_textencoder_learning_rate": 1e-5, "train_min_timesteps": 10,
     "train_max_timesteps": 900, "image_buckets_step": 128, "image_min_length": 256, "image_max_ratio": 3.0,
     "sub_image_num": 2, "image_mirroring": True, "save_per_steps": 100, "save_overwrite": True,

@@ -103,6 +103,8 @@ def test_bad_settings_are_user_errors(settings, fragment):
 @pytest.mark.parametrize("name, package", [
     ("Prodigy", "prodigyopt"), ("AdamW8bit", "bitsandbytes"), ("DAdaptLion", "dadaptation"),
     ("SGDScheduleFree", "schedulefree"), ("CAME", "pytorch-optimizer"), ("Lion", "lion-pytorch"),
+    ("Tiger", "pytorch-optimizer"), ("AdamMini", "pytorch-optimizer"), ("PagedAdamW", "bitsandbytes"),
+    ("PagedAdamW32bit", "bitsandbytes"), ("PagedLion8bit", "bitsandbytes"),
 ])
 def test_missing_library_names_the_package(monkeypatch, name, package):
     module = REGISTRY[Optimizer.parse(name, "train_optimizer")].module
@@ -170,3 +172,37 @@ def test_bad_optimizer_settings_stop_the_job_before_the_model_loads(tmp_path, mo
                          train_optimizer_settings="nonsense_option=1")
     with pytest.raises(UserError, match="nonsense_option"):
         runner.run_job(config, output_dir=tmp_path / "out")
+
+
+NEW_OPTIMIZERS = ["Adam", "PagedAdamW", "PagedAdamW32bit", "PagedLion8bit", "Tiger", "AdamMini"]
+
+
+@pytest.mark.parametrize("name", NEW_OPTIMIZERS)
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")  # bitsandbytes runs them unpaged
+def test_the_original_extensions_other_optimizers_lower_a_loss(name):
+    """A small regression (two groups, as UNet and text encoder) trained through the shared loop."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    inputs = torch.randn(64, 16)
+    targets = inputs[:, :1] * 2 - inputs[:, 1:2]
+    groups = [{"params": list(model[0].parameters()), "lr": 1e-2}, {"params": list(model[2].parameters()), "lr": 5e-3}]
+    config = TrainConfig(train_optimizer=name, train_learning_rate=1e-2, train_lr_scheduler="constant")
+    task = TrainingTask("test", groups, lambda step: torch.nn.functional.mse_loss(model(inputs), targets), 30)
+    result = run_loop(task, config, lambda event: None)
+    assert result.losses[-1] < 0.7 * result.losses[0], result.losses
+
+
+def test_adam_mini_takes_our_groups_with_their_lrs():
+    """AdamMini builds one group per tensor from a model's named parameters; each keeps its group's lr."""
+    unet, text = torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.ones(5))
+    config = TrainConfig(train_optimizer="AdamMini", train_learning_rate=1e-3)
+    built = build_training_optimizer(config, [{"params": [unet], "lr": 1e-3}, {"params": [text], "lr": 2e-4}], 10)
+    rates = {id(group["params"][0]): group["lr"] for group in built.optimizer.param_groups}
+    assert rates == {id(unet): 1e-3, id(text): 2e-4}
+    assert built.learning_rate() == 1e-3
+    (unet.sum() + text.sum()).backward()
+    built.optimizer.step()
+    state = built.optimizer.state_dict()
+    again = build_training_optimizer(config, [{"params": [unet], "lr": 1e-3}, {"params": [text], "lr": 2e-4}], 10)
+    again.optimizer.load_state_dict(state)  # what a resumed run does
+    assert again.optimizer.state_dict()["state"].keys() == state["state"].keys()

@@ -55,6 +55,12 @@ class Optimizer(Choice):
     RADAM_SCHEDULE_FREE = "RAdamScheduleFree"
     SGD_SCHEDULE_FREE = "SGDScheduleFree"
     CAME = "CAME"
+    ADAM = "Adam"
+    PAGED_ADAMW = "PagedAdamW"
+    PAGED_ADAMW32BIT = "PagedAdamW32bit"
+    PAGED_LION8BIT = "PagedLion8bit"
+    TIGER = "Tiger"
+    ADAM_MINI = "AdamMini"
 
 
 class LRScheduler(Choice):
@@ -66,6 +72,13 @@ class LRScheduler(Choice):
     CONSTANT_WITH_WARMUP = "constant_with_warmup"
     PIECEWISE_CONSTANT = "piecewise_constant"
     STEP = "step"
+    COSINE_ANNEALING = "cosine_annealing"
+    COSINE_ANNEALING_WITH_RESTARTS = "cosine_annealing_with_restarts"
+    EXPONENTIAL = "exponential"
+    MULTI_STEP = "multi_step"
+    REDUCE_ON_PLATEAU = "reduce_on_plateau"
+    CYCLIC = "cyclic"
+    ONE_CYCLE = "one_cycle"
 
 
 class LossFunction(Choice):

@@ -99,6 +99,10 @@ class TrainConfig:
         "",
         "step: N or N:GAMMA (lr x GAMMA every N steps, GAMMA 0.1 if omitted); piecewise_constant: 1:100,0.1:200,0.01",
     )
+    train_lr_scheduler_settings: str = _param(
+        "", "extra arguments of the lr schedule (torch class or diffusers function), key=value per line or "
+        "';'-separated, e.g. eta_min=1e-6; T_max=500"
+    )
     train_lr_scheduler_num_cycles: int = _param(1, "cycles of cosine_with_restarts", minimum=1)
     train_lr_scheduler_power: float = _param(1.0, "power of the polynomial schedule", minimum=0.0)
     train_lr_warmup_steps: int = _param(0, "steps of linear warm-up", minimum=0)

@@ -91,10 +91,10 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
             result.skipped += 1
             _guard(config, step, problem, result.skipped, last_saved, report)
         learning_rate = training.learning_rate()
-        training.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if problem is None:
             result.average = value if result.average is None else 0.9 * result.average + 0.1 * value
+        training.step_schedule(result.average)  # reduce_on_plateau watches the loss average
         result.losses.append(value)
         result.learning_rates.append(learning_rate)
         elapsed = time.monotonic() - started

@@ -3,22 +3,23 @@
 One table keeps, per name, the package to install, the class and the defaults the seed's setups
 use, so adding an optimizer is one line. Two behaviours change the loop: AdaFactor's relative step
 finds the lr itself (the lr schedule is then unused), and schedule-free optimizers hold the weights
-to save only in eval mode.
+to save only in eval mode. AdamMini is built from a model's named parameters rather than groups; it
+gets ours under plain names, keeping each group's lr.
 """
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
-import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from traintrain.config import Optimizer
 from traintrain.errors import UserError
-from traintrain.training.schedules import build_scheduler, fixed_scheduler
+from traintrain.training.keyword_settings import parse_settings
+from traintrain.training.schedules import WarmedSchedule, build_scheduler, fixed_scheduler
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,10 @@ class OptimizerKind:
     defaults: dict = field(default_factory=dict)
     schedule_free: bool = False
     adaptive: bool = False  # Prodigy / D-Adaptation: lr multiplies a step size they estimate (use ~1.0)
+    named: bool = False  # AdamMini: takes a model (its named_parameters) instead of parameter groups
 
 
-_BNB, _DADAPT, _SF = "bitsandbytes", "dadaptation", "schedulefree"
+_BNB, _DADAPT, _SF, _PO = "bitsandbytes", "dadaptation", "schedulefree", "pytorch-optimizer"
 NESTEROV = {"momentum": 0.9, "nesterov": True}
 
 REGISTRY: dict[Optimizer, OptimizerKind] = {
@@ -56,35 +58,14 @@ REGISTRY: dict[Optimizer, OptimizerKind] = {
     Optimizer.ADAMW_SCHEDULE_FREE: OptimizerKind(_SF, "schedulefree", "AdamWScheduleFree", schedule_free=True),
     Optimizer.RADAM_SCHEDULE_FREE: OptimizerKind(_SF, "schedulefree", "RAdamScheduleFree", schedule_free=True),
     Optimizer.SGD_SCHEDULE_FREE: OptimizerKind(_SF, "schedulefree", "SGDScheduleFree", schedule_free=True),
-    Optimizer.CAME: OptimizerKind("pytorch-optimizer", "pytorch_optimizer", "CAME"),
+    Optimizer.CAME: OptimizerKind(_PO, "pytorch_optimizer", "CAME"),
+    Optimizer.ADAM: OptimizerKind("torch", "torch.optim", "Adam"),
+    Optimizer.PAGED_ADAMW: OptimizerKind(_BNB, "bitsandbytes.optim", "PagedAdamW"),
+    Optimizer.PAGED_ADAMW32BIT: OptimizerKind(_BNB, "bitsandbytes.optim", "PagedAdamW32bit"),
+    Optimizer.PAGED_LION8BIT: OptimizerKind(_BNB, "bitsandbytes.optim", "PagedLion8bit"),
+    Optimizer.TIGER: OptimizerKind(_PO, "pytorch_optimizer", "Tiger"),
+    Optimizer.ADAM_MINI: OptimizerKind(_PO, "pytorch_optimizer", "AdamMini", named=True),
 }
-
-
-def parse_settings(text: str) -> dict:
-    """`key=value` per line or separated by ';'; values are Python literals (0.01, True, 0.9,0.99)."""
-    settings = {}
-    for item in re.split(r"[;\n]", text or ""):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise UserError(
-                f"train_optimizer_settings: '{item}' is not key=value (e.g. weight_decay=0.01; betas=0.9,0.99)"
-            )
-        settings[key] = _literal(value.strip())
-    return settings
-
-
-def _literal(text: str):
-    words = {"true": True, "false": False, "none": None}
-    if text.lower() in words:
-        return words[text.lower()]
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def optimizer_class(name: Optimizer):
@@ -103,7 +84,7 @@ class TrainingOptimizer:
     """The optimizer, its lr schedule, and what the loop must do around steps and saves."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LRScheduler | WarmedSchedule
     schedule_free: bool
     relative_step: bool
     notes: list[str]  # user-facing remarks on how the settings combine
@@ -117,6 +98,13 @@ class TrainingOptimizer:
         """Schedule-free optimizers train on an interpolation; the averaged weights appear in eval mode."""
         if self.schedule_free:
             self.optimizer.eval()  # type: ignore[attr-defined]  # see before_training
+
+    def step_schedule(self, loss_average: float | None) -> None:
+        """After each optimizer step; reduce_on_plateau decides on the loss average (EMA)."""
+        if isinstance(self.scheduler, WarmedSchedule):
+            self.scheduler.step(loss_average)
+        else:
+            self.scheduler.step()
 
     def learning_rate(self) -> float:
         """The lr of the first group's last step, including what adaptive optimizers found."""
@@ -138,12 +126,14 @@ def build_training_optimizer(config, param_groups: list[dict], total_steps: int)
         _check_single_lr(name, param_groups)
     arguments = {"lr": None if relative_step else config.train_learning_rate, **settings}
     try:
-        optimizer = cls(param_groups, **arguments)
+        optimizer = cls(NamedParameters(param_groups) if kind.named else param_groups, **arguments)
     except (TypeError, ValueError) as exc:
         raise UserError(f"train_optimizer {name.value} with settings {settings}: {exc}") from None
+    if kind.named:
+        _keep_group_lrs(optimizer, param_groups)
 
     notes = []
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LRScheduler | WarmedSchedule
     if relative_step:
         from transformers.optimization import AdafactorSchedule
 
@@ -155,10 +145,38 @@ def build_training_optimizer(config, param_groups: list[dict], total_steps: int)
     else:
         scheduler = build_scheduler(config, optimizer, total_steps)
         schedule = f"{config.train_lr_scheduler.value}, warm-up {config.train_lr_warmup_steps} steps"
+        if config.train_lr_scheduler_settings.strip():
+            settings_text = config.train_lr_scheduler_settings
+            schedule += f", settings {parse_settings(settings_text, 'train_lr_scheduler_settings')}"
     if kind.adaptive and config.train_learning_rate < 0.1:
         notes.append(f"{name.value} estimates the step size; train_learning_rate multiplies it and is usually 1.0")
     description = f"optimizer {kind.module}.{kind.attribute} {arguments}; lr schedule: {schedule}"
     return TrainingOptimizer(optimizer, scheduler, kind.schedule_free, relative_step, notes, description)
+
+
+class NamedParameters:
+    """Our parameter groups as the model AdamMini asks for: it only reads `named_parameters()`.
+
+    Plain names put every tensor in Adam-mini's general block (one second moment per tensor); its
+    embedding and attention rules match names of language models, which LoRA tensors do not have.
+    """
+
+    def __init__(self, param_groups: list[dict]):
+        self.param_groups = param_groups
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        for index, group in enumerate(self.param_groups):
+            for number, param in enumerate(group["params"]):
+                yield f"group{index}.param{number}", param
+
+
+def _keep_group_lrs(optimizer, param_groups: list[dict]) -> None:
+    """AdamMini makes one group per tensor with the default lr: give each its own group's lr."""
+    rates = {id(param): group["lr"] for group in param_groups if "lr" in group for param in group["params"]}
+    for group in optimizer.param_groups:
+        rate = rates.get(id(group["params"][0]))
+        if rate is not None:
+            group["lr"] = rate
 
 
 def _check_single_lr(name: Optimizer, param_groups: list[dict]) -> None:
