@@ -149,6 +149,7 @@ def test_shipped_addift_presets(name, lr, strength, timesteps, revert):
     assert (preset.train_learning_rate, preset.network_strength) == (lr, strength)
     assert (preset.train_min_timesteps, preset.train_max_timesteps) == timesteps
     assert preset.diff_revert_original_target is revert
+    assert preset.train_lr_scheduler.value == "cosine_annealing" and preset.train_lr_scheduler_settings == "eta_min=0.00001"
     assert ("BASE" in preset.network_blocks) is name.endswith("SD1.5")  # the XL ones leave the text encoders alone
 
 

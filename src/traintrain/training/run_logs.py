@@ -89,6 +89,7 @@ class RunLogs:
             ("network_alpha", c.network_alpha), ("train_iterations", event.total),
             ("train_batch_size", c.train_batch_size), ("train_learning_rate", c.train_learning_rate),
             ("train_optimizer", c.train_optimizer.value), ("train_optimizer_settings", c.train_optimizer_settings),
+            ("train_lr_scheduler_settings", c.train_lr_scheduler_settings),
             ("train_lr_scheduler", c.train_lr_scheduler.value), ("train_loss_function", c.train_loss_function.value),
         ]
 
