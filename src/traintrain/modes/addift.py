@@ -102,22 +102,18 @@ def _train(phase: str, config, components, run, samples, conds) -> ModeOutcome:
     return outcome
 
 
-def train_addift(config, components, run) -> ModeOutcome:
-    """One pair: Original and Target images, conditioned on the Original and Target prompts."""
-    original, target = config.original_image, config.target_image
+def encode_image_pair(config, components, run, original, target, caption: str):
+    """Latents of one pair (swapped with diff_revert_original_target), with its difference mask if asked."""
     if config.diff_revert_original_target:
         original, target = target, original
     first, second = load_pair(original, target, image_background(config))
-    samples = encode_pair(
-        config,
-        components.vae,
-        components.spec.latent_scale,
-        run.generator,
-        first,
-        second,
-        "",
-        config.diff_use_diff_mask,
-    )
+    return encode_pair(config, components.vae, components.spec.latent_scale, run.generator, first, second, caption,
+                       config.diff_use_diff_mask)
+
+
+def train_addift(config, components, run) -> ModeOutcome:
+    """One pair: Original and Target images, conditioned on the Original and Target prompts."""
+    samples = encode_image_pair(config, components, run, config.original_image, config.target_image, "")
     pair_conds = tuple(fixed_conditionings(components, [config.original_prompt, config.target_prompt]))
     return _train("ADDifT", config, components, run, samples, [pair_conds] * len(samples))
 
@@ -126,24 +122,8 @@ def train_multi_addift(config, components, run) -> ModeOutcome:
     """Many pairs from a folder, each conditioned on its own caption (trigger word first)."""
     samples = []
     for original, target in find_pairs(config.lora_data_directory, config.diff_target_name):
-        if config.diff_revert_original_target:
-            original, target = target, original
-        first, second = load_pair(original, target, image_background(config))
-        caption = pair_caption(
-            original if not config.diff_revert_original_target else target,
-            config.lora_trigger_word,
-            config.image_use_filename_as_tag,
-        )
-        samples += encode_pair(
-            config,
-            components.vae,
-            components.spec.latent_scale,
-            run.generator,
-            first,
-            second,
-            caption,
-            config.diff_use_diff_mask,
-        )
+        caption = pair_caption(original, config.lora_trigger_word, config.image_use_filename_as_tag)
+        samples += encode_image_pair(config, components, run, original, target, caption)
     run.report(Message(f"Multi-ADDifT: {len(samples)} pair samples from {config.lora_data_directory}"))
     captions = sorted({s.caption for s in samples})
     encoded = dict(zip(captions, fixed_conditionings(components, captions), strict=False))
