@@ -9,7 +9,8 @@ from traintrain.presets import load_preset, preset_names
 
 # A non-default value for every parameter, as a user might write it in JSON.
 CHANGED = {
-    "mode": "iLECO", "model": "m.safetensors", "original_prompt": "red", "target_prompt": "blue",
+    "mode": "iLECO", "model": "m.safetensors", "model_vae": "vae.safetensors", "original_prompt": "red",
+    "target_prompt": "blue",
     "negative_prompt": "ugly", "original_image": "a.png", "target_image": "b.png",
     "network_type": "c3lier", "network_rank": 4, "network_alpha": 2.5, "lora_data_directory": "imgs",
     "lora_trigger_word": "sks", "network_blocks": ["IN01", "OUT03"], "train_iterations": 7,

@@ -64,6 +64,10 @@ class TrainConfig:
         "LoRA", "training mode: LoRA, iLECO, Difference, ADDifT, Multi-ADDifT (or a registered one)", parser=_parse_mode
     )
     model: str = _param("", "base model: single-file .safetensors/.ckpt or a diffusers folder")
+    model_vae: str = _param(
+        "", "external VAE for encoding the images and previews: a single-file .safetensors/.pt/.ckpt (A1111 layout, "
+        "e.g. vae-ft-mse-840000 or the SDXL fp16-fix VAE) or a diffusers VAE folder; empty = the model's own"
+    )
     original_prompt: str = _param("", "iLECO: the concept to change or erase")
     target_prompt: str = _param("", "iLECO: what the concept becomes (empty = erase)")
     negative_prompt: str = _param("", "negative prompt for previews")

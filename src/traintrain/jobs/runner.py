@@ -43,6 +43,9 @@ def check_inputs(config: TrainConfig) -> TrainingMode:
     if config.network_resume and not Path(config.network_resume).is_file():
         raise UserError(f"'{config.network_resume}' not found", "give the LoRA file to continue from",
                         field="network_resume")
+    if config.model_vae and not Path(config.model_vae).exists():
+        raise UserError(f"'{config.model_vae}' not found", "give a VAE file (.safetensors/.pt/.ckpt) or a diffusers "
+                        "VAE folder, or leave it empty for the model's own", field="model_vae")
     return mode
 
 
@@ -50,6 +53,7 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
             report: Reporter = ignore, stop: threading.Event | None = None, resume: dict | None = None) -> JobResult:
     """Train one job. Setting `stop` (from any thread) ends it after the current step with a save and a
     state (TrainingStopped); `resume` is a loaded state to continue from (see `resume_job`)."""
+    from traintrain.models.external_vae import use_external_vae
     from traintrain.models.loading import load_model
 
     mode = check_inputs(config)
@@ -71,6 +75,8 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     components = load_model(
         config.model, tokenizer_dir=tokenizer_dir, v_prediction=config.model_v_pred or None, report=report
     )
+    if config.model_vae:
+        use_external_vae(components, config.model_vae, report)
     device = pick_device()
     model_dtype = resolve_dtype(config.train_model_precision, device, "train_model_precision", report)
     lora_dtype = resolve_dtype(config.train_lora_precision, device, "train_lora_precision", report)

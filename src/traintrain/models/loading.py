@@ -205,18 +205,18 @@ def _load_single_file(path: Path, tokenizer_dir, report: Reporter) -> ModelCompo
             "the file is incomplete or not supported",
             field="model",
         ) from error
-    unet = _assemble(
+    unet = assemble(
         UNet2DConditionModel.from_config,
         unet_config,
         lambda m: convert_ldm_unet_checkpoint(state, unet_config),
         path,
         "UNet",
     )
-    vae = _assemble(
+    vae = assemble(
         AutoencoderKL.from_config, vae_config, lambda m: convert_ldm_vae_checkpoint(state, vae_config), path, "VAE"
     )
     text_encoders = [
-        _assemble(
+        assemble(
             build_text_encoder,
             config,
             lambda m, i=index: _convert_text_encoder(family, i, state, m),
@@ -357,7 +357,7 @@ def _open_clip_weights(family: Family, state, prefix: str) -> dict:
     return {key: value for key, value in weights.items() if not key.startswith(unused)}
 
 
-def _assemble(build, config: dict, convert, path: Path, what: str):
+def assemble(build, config: dict, convert, path: Path, what: str):
     """Build the model without allocating weights, then adopt the converted tensors, strictly."""
     with accelerate.init_empty_weights():
         model = build(config)
@@ -392,11 +392,11 @@ def check_diffusers_folder(path: Path) -> None:
 def _load_diffusers_folder(path: Path, tokenizer_dir, report: Reporter) -> ModelComponents:
     check_diffusers_folder(path)
     family = _family_from_folder(path)
-    unet = _from_pretrained(UNet2DConditionModel, path, "unet")
-    vae = _from_pretrained(AutoencoderKL, path, "vae")
+    unet = load_pretrained(UNet2DConditionModel, path, "unet")
+    vae = load_pretrained(AutoencoderKL, path, "vae")
     classes = (CLIPTextModel, CLIPTextModelWithProjection) if family is Family.SDXL else (CLIPTextModel,)
     text_encoders = [
-        _from_pretrained(cls, path, folder) for cls, folder in zip(classes, TEXT_ENCODER_FOLDERS, strict=False)
+        load_pretrained(cls, path, folder) for cls, folder in zip(classes, TEXT_ENCODER_FOLDERS, strict=False)
     ]
     tokenizers = find_tokenizers(family, path, tokenizer_dir, report)
     return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=str(path))
@@ -415,7 +415,8 @@ def _family_from_folder(path: Path) -> Family:
     return Family.SD2 if json.loads(encoder_config.read_text()).get("hidden_act") == "gelu" else Family.SD1
 
 
-def _from_pretrained(cls, path: Path, subfolder: str):
+def load_pretrained(cls, path: Path, subfolder: str):
+    """One part of a diffusers folder (`path/subfolder`), offline; a broken one is a one-line UserError."""
     try:
         if cls in (CLIPTextModel, CLIPTextModelWithProjection):
             return cls.from_pretrained(str(path / subfolder), local_files_only=True)

@@ -88,6 +88,8 @@ def build_metadata(
         "modelspec.resolution": resolution,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
     }
+    if config.model_vae:  # as sd-scripts records its --vae: the file or folder name
+        metadata["ss_vae_name"] = Path(config.model_vae).name
     metadata.update(extra or {})
     return metadata
 
