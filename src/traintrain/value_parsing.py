@@ -31,6 +31,18 @@ def parse_bool(name, value) -> bool:
     raise UserError(f"'{value}' is not a boolean; use true or false", field=name)
 
 
+AUTO_WORDS = {"auto", "", "none", "null"}
+
+
+def parse_auto_bool(name, value) -> bool | None:
+    """true, false, or None for "auto" (decided from the model itself)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in AUTO_WORDS):
+        return None
+    if isinstance(value, str) and value.strip().lower() not in TRUE_WORDS | FALSE_WORDS:
+        raise UserError(f"'{value}' is not true, false or auto", field=name)
+    return parse_bool(name, value)
+
+
 def parse_names(name, value, allowed) -> list[str]:
     """Upper-cased names from a list or comma-separated text, each one of `allowed`, without repeats."""
     result = []

@@ -10,6 +10,8 @@ from traintrain.models.families import SPECS, Family, FamilySpec
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from traintrain.models.prediction import PredictionChoice
+
 
 @dataclass
 class ModelComponents:
@@ -24,6 +26,7 @@ class ModelComponents:
     text_encoders: list = field(default_factory=list)  # transformers CLIPTextModel / CLIPTextModelWithProjection
     tokenizers: list = field(default_factory=list)  # transformers CLIPTokenizer
     v_prediction: bool = False
+    prediction: PredictionChoice | None = None  # how v_prediction was decided (declared by files, probed, set)
     source: str = ""  # path the model came from, for messages and metadata
 
     @property

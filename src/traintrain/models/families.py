@@ -19,11 +19,20 @@ class FamilySpec:
     base_model_version: str  # kohya's ss_base_model_version
     modelspec_architecture: str  # modelspec.architecture of a LoRA for this family
     text_encoder_prefixes: tuple[str, ...]  # kohya LoRA key prefixes, one per text encoder
+    modelspec_architecture_v: str = ""  # the architecture of a LoRA for the family's v-prediction model
+
+    def architecture(self, v_prediction: bool) -> str:
+        """modelspec.architecture: SD2's v models are their own architecture (768-v) there."""
+        return (self.modelspec_architecture_v or self.modelspec_architecture) if v_prediction else (
+            self.modelspec_architecture
+        )
 
 
 SPECS: dict[Family, FamilySpec] = {
     Family.SD1: FamilySpec(Family.SD1, 0.18215, "sd_v1", "stable-diffusion-v1/lora", ("lora_te",)),
-    Family.SD2: FamilySpec(Family.SD2, 0.18215, "sd_v2", "stable-diffusion-v2-512/lora", ("lora_te",)),
+    Family.SD2: FamilySpec(
+        Family.SD2, 0.18215, "sd_v2", "stable-diffusion-v2-512/lora", ("lora_te",), "stable-diffusion-v2-768-v/lora"
+    ),
     Family.SDXL: FamilySpec(
         Family.SDXL, 0.13025, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", ("lora_te1", "lora_te2")
     ),
