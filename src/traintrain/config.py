@@ -32,6 +32,7 @@ from traintrain.choices import (  # noqa: F401 (the choices are part of the conf
 from traintrain.errors import UserError
 from traintrain.value_parsing import (
     json_type,
+    parse_auto_bool,
     parse_bool,
     parse_choice,
     parse_image_size,
@@ -124,7 +125,10 @@ class TrainConfig:
         False, "keep the finished run's resumable state ({name}.state) to continue it later to more train_iterations"
     )
     save_as_json: bool = _param(False, "archive the settings as JSON next to the LoRA")
-    model_v_pred: bool = _param(False, "the model is an SD2.x v-prediction model")
+    model_v_pred: bool | None = _param(
+        None, "v-prediction model: auto (its yaml/scheduler config, else A1111's check of SD2 UNets), true or false",
+        choices=("auto", "true", "false"), parser=parse_auto_bool,
+    )
     train_model_precision: Precision = _param(Precision.FP16, "precision of the frozen model")
     train_lora_precision: Precision = _param(Precision.FP32, "precision of the trained network")
     save_precision: Precision = _param(Precision.FP16, "precision of the saved file")

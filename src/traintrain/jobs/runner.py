@@ -72,9 +72,7 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     check_resources(config, mode, plan, files)  # model headers, images, disk space for every file
     plan.check_writable()
 
-    components = load_model(
-        config.model, tokenizer_dir=tokenizer_dir, v_prediction=config.model_v_pred or None, report=report
-    )
+    components = load_model(config.model, tokenizer_dir=tokenizer_dir, v_prediction=config.model_v_pred, report=report)
     if config.model_vae:
         use_external_vae(components, config.model_vae, report)
     device = pick_device()
@@ -88,6 +86,9 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     generator = torch.Generator().manual_seed(seed)
     report = RunLogs(config, Path(output_dir), seed, report)  # CSV, TensorBoard and JSON records of the run
     report(Message(f"model {components.family.value} from {config.model}; seed {seed}; device {device.type}"))
+    if components.prediction:
+        level = "warning" if components.prediction.against_evidence else "info"
+        report(Message(components.prediction.describe(), level))
     started_at = resume["job"]["started_at"] if resume else time.time()
     writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, started_at,
                         final_suffix=final_suffix)

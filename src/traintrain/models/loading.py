@@ -31,13 +31,13 @@ from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family, detect_family_from_ldm_keys
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
+from traintrain.models.prediction import choose_prediction, declared_prediction
 from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
 from traintrain.training.events import Reporter, ignore
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
-V_PARAMETERIZATION = re.compile(r"""^\s*parameterization:\s*["']?v["']?\s*$""", re.MULTILINE)
 
 
 def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dtype=torch.float32,
@@ -45,8 +45,9 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
     """UNet, VAE, text encoder(s) and tokenizer(s) of the model at `path`, never touching the network.
 
     `v_prediction`: an explicit value wins; else a `v_pred` marker key in the checkpoint, the diffusers
-    scheduler config or a `X.yaml` beside the checkpoint with `parameterization: "v"` decides; else
-    epsilon-prediction. `report` gets a Message when the tokenizers are built from CLIP's vocabulary.
+    scheduler config or a `X.yaml` beside the checkpoint decides; else SD2 UNets are probed as A1111
+    does (models/prediction.py); else epsilon. `components.prediction` says which and why.
+    `report` gets a Message when the tokenizers are built from CLIP's vocabulary.
     """
     path = Path(path)
     if not path.exists():
@@ -58,10 +59,8 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
         if model.dtype != dtype:  # diffusers warns about any cast, even a no-op one
             model.to(dtype)
         model.eval()
-    if v_prediction is not None:
-        components.v_prediction = v_prediction
-    else:
-        components.v_prediction = components.v_prediction or _detect_v_prediction(path)
+    components.prediction = choose_prediction(components, components.prediction, v_prediction)
+    components.v_prediction = components.prediction.v_prediction
     return components
 
 
@@ -225,9 +224,9 @@ def _load_single_file(path: Path, tokenizer_dir, report: Reporter) -> ModelCompo
         )
         for index, config in enumerate(encoder_configs)
     ]
-    # Some v-prediction checkpoints (e.g. SDXL v-pred fine-tunes) carry an empty `v_pred` marker key.
     return ModelComponents(
-        family, unet, vae, text_encoders, tokenizers, v_prediction="v_pred" in state, source=str(path)
+        family, unet, vae, text_encoders, tokenizers, prediction=declared_prediction(path, state.keys()),
+        source=str(path),
     )
 
 
@@ -399,7 +398,9 @@ def _load_diffusers_folder(path: Path, tokenizer_dir, report: Reporter) -> Model
         load_pretrained(cls, path, folder) for cls, folder in zip(classes, TEXT_ENCODER_FOLDERS, strict=False)
     ]
     tokenizers = find_tokenizers(family, path, tokenizer_dir, report)
-    return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=str(path))
+    return ModelComponents(
+        family, unet, vae, text_encoders, tokenizers, prediction=declared_prediction(path), source=str(path)
+    )
 
 
 def _family_from_folder(path: Path) -> Family:
@@ -439,14 +440,6 @@ def _variant(folder: Path) -> str | None:
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
-
-
-def _detect_v_prediction(path: Path) -> bool:
-    if path.is_dir():
-        scheduler = path / "scheduler" / "scheduler_config.json"
-        return scheduler.is_file() and json.loads(scheduler.read_text()).get("prediction_type") == "v_prediction"
-    yaml = path.with_suffix(".yaml")
-    return yaml.is_file() and bool(V_PARAMETERIZATION.search(yaml.read_text(errors="replace")))
 
 
 def _under(state, prefix: str, keep_prefix: bool = False) -> dict:
