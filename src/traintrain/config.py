@@ -129,6 +129,9 @@ class TrainConfig:
         None, "v-prediction model: auto (its yaml/scheduler config, else A1111's check of SD2 UNets), true or false",
         choices=("auto", "true", "false"), parser=parse_auto_bool,
     )
+    model_use_ema: bool = _param(
+        False, "use the checkpoint's EMA UNet weights instead of the trained ones, when it has them"
+    )
     train_model_precision: Precision = _param(Precision.FP16, "precision of the frozen model")
     train_lora_precision: Precision = _param(Precision.FP32, "precision of the trained network")
     save_precision: Precision = _param(Precision.FP16, "precision of the saved file")

@@ -72,7 +72,8 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     check_resources(config, mode, plan, files)  # model headers, images, disk space for every file
     plan.check_writable()
 
-    components = load_model(config.model, tokenizer_dir=tokenizer_dir, v_prediction=config.model_v_pred, report=report)
+    components = load_model(config.model, tokenizer_dir=tokenizer_dir, v_prediction=config.model_v_pred,
+                            use_ema=config.model_use_ema, report=report)
     if config.model_vae:
         use_external_vae(components, config.model_vae, report)
     device = pick_device()

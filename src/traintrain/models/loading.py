@@ -28,8 +28,9 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from traintrain.errors import UserError
+from traintrain.models.checkpoint_kinds import checkpoint_family, choose_unet_weights, no_ema_weights, tensor_shapes
 from traintrain.models.components import ModelComponents
-from traintrain.models.families import Family, detect_family_from_ldm_keys
+from traintrain.models.families import Family
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.models.prediction import choose_prediction, declared_prediction
 from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
@@ -37,26 +38,28 @@ from traintrain.training.events import Reporter, ignore
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
+FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 
 
 def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dtype=torch.float32,
-               report: Reporter = ignore) -> ModelComponents:
+               use_ema: bool = False, report: Reporter = ignore) -> ModelComponents:
     """UNet, VAE, text encoder(s) and tokenizer(s) of the model at `path`, never touching the network.
 
     `v_prediction`: an explicit value wins; else a `v_pred` marker key in the checkpoint, the diffusers
     scheduler config or a `X.yaml` beside the checkpoint decides; else SD2 UNets are probed as A1111
     does (models/prediction.py); else epsilon. `components.prediction` says which and why.
-    `report` gets a Message when the tokenizers are built from CLIP's vocabulary.
+    `report` gets a Message when the tokenizers are built from CLIP's vocabulary, and one saying which
+    UNet weights a checkpoint with EMA weights gave (`use_ema`: the EMA ones; see checkpoint_kinds).
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; check the model path", field="model")
     load = _load_diffusers_folder if path.is_dir() else _load_single_file
-    components = load(path, tokenizer_dir, report)
+    components = load(path, tokenizer_dir, report, use_ema)
     check_vocab_fits(components.tokenizers, components.text_encoders)
     for model in (components.unet, components.vae, *components.text_encoders):
-        if model.dtype != dtype:  # diffusers warns about any cast, even a no-op one
+        if any(p.dtype != dtype for p in model.parameters()):  # diffusers warns about any cast, even a no-op one
             model.to(dtype)
         model.eval()
     components.prediction = choose_prediction(components, components.prediction, v_prediction)
@@ -86,10 +89,17 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors` or `.ckpt` file (unwrapping Lightning's `state_dict`)."""
     if path.suffix.lower() == ".safetensors":
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
             raise _corrupt_safetensors(path, error) from error
-    return _torch_load(path)
+    else:
+        state = _torch_load(path)
+    return {key: _upcast_float8(value) for key, value in state.items()}
+
+
+def _upcast_float8(tensor: torch.Tensor) -> torch.Tensor:
+    """fp8-stored checkpoints (common for SDXL) hold only storage values: no layer computes in them."""
+    return tensor.float() if tensor.dtype in FLOAT8_DTYPES else tensor
 
 
 @dataclass
@@ -120,7 +130,7 @@ def read_weight_shapes(path) -> WeightShapes:
         shapes = _safetensors_shapes(path)
     else:
         shapes = {key: tuple(value.shape) for key, value in _torch_load(path, mmap=True).items()}
-    family = _detect_family(path, shapes)
+    family = checkpoint_family(path, shapes)
     return WeightShapes(
         family,
         [shape for key, shape in shapes.items() if key.startswith(UNET_PREFIX)],
@@ -184,15 +194,25 @@ def _torch_load(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
         raise UserError(
             f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt", field="model"
         )
-    return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
+    return dict(_tensors(data))
+
+
+def _tensors(data: dict, prefix: str = ""):
+    """(key, tensor) pairs, nested dicts flattened (`string_to_param.*` shows an embedding for what it is)."""
+    for key, value in data.items():
+        if isinstance(value, torch.Tensor):
+            yield prefix + str(key), value
+        elif isinstance(value, dict):
+            yield from _tensors(value, f"{prefix}{key}.")
 
 
 # ---- single files -------------------------------------------------------------------------------
 
 
-def _load_single_file(path: Path, tokenizer_dir, report: Reporter) -> ModelComponents:
+def _load_single_file(path: Path, tokenizer_dir, report: Reporter, use_ema: bool) -> ModelComponents:
     state = read_checkpoint(path)
-    family = _detect_family(path, state)
+    family = checkpoint_family(path, tensor_shapes(state))
+    state = choose_unet_weights(path, state, use_ema, report)
     tokenizers = find_tokenizers(family, path, tokenizer_dir, report)
     try:
         encoder_configs = _text_encoder_configs_from_ldm(family, state, tokenizers)
@@ -227,21 +247,6 @@ def _load_single_file(path: Path, tokenizer_dir, report: Reporter) -> ModelCompo
     return ModelComponents(
         family, unet, vae, text_encoders, tokenizers, prediction=declared_prediction(path, state.keys()),
         source=str(path),
-    )
-
-
-def _detect_family(path: Path, state) -> Family:
-    family = detect_family_from_ldm_keys(state.keys())
-    if family is not None:
-        return family
-    if any(key.startswith(("lora_", "lycoris_")) for key in state):
-        raise UserError(
-            f"{path}: this is a LoRA, not a model; give a Stable Diffusion 1.x, 2.x or XL checkpoint", field="model"
-        )
-    raise UserError(
-        f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys); "
-        "give an SD1.x, SD2.x or SDXL model",
-        field="model",
     )
 
 
@@ -388,8 +393,10 @@ def check_diffusers_folder(path: Path) -> None:
         )
 
 
-def _load_diffusers_folder(path: Path, tokenizer_dir, report: Reporter) -> ModelComponents:
+def _load_diffusers_folder(path: Path, tokenizer_dir, report: Reporter, use_ema: bool) -> ModelComponents:
     check_diffusers_folder(path)
+    if use_ema:  # diffusers folders hold one UNet
+        raise no_ema_weights(path)
     family = _family_from_folder(path)
     unet = load_pretrained(UNet2DConditionModel, path, "unet")
     vae = load_pretrained(AutoencoderKL, path, "vae")
