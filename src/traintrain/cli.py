@@ -150,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the summary as JSON (every module's rank and alpha)"
     )
     inspect.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    plot = commands.add_parser(
+        "plot",
+        help="draw a run's loss (raw and averaged) and learning rate against step as a PNG",
+        description="Plot a CSV loss log (logging_save_csv): the given file or log name, else the newest log in "
+        "the output folder's logs.",
+    )
+    plot.add_argument("csv", nargs="?", metavar="CSV", help="a CSV log file, or a log's name in the logs folder")
+    plot.add_argument("--out", required=True, metavar="PNG", help="the PNG file to write")
+    plot.add_argument("--log-scale", action="store_true", help="loss on a logarithmic axis")
+    plot.add_argument(
+        "--output-dir", default="output", metavar="DIR", help="the training output folder (default: ./output)"
+    )
+    plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     # more subcommands: each adds its parser here and its handler to COMMANDS
     return parser
 
@@ -321,12 +334,24 @@ def _command_inspect(args) -> int:
     return 0
 
 
+def _command_plot(args) -> int:
+    from traintrain.training.loss_history import find_loss_log, logs_folder, read_loss_log
+    from traintrain.training.loss_plot import write_loss_plot
+
+    source = find_loss_log(args.csv, logs_folder(Path(args.output_dir)))
+    log = read_loss_log(source)
+    target = write_loss_plot(log, Path(args.out), log_scale=args.log_scale, title=log.run_name or source.stem)
+    print(f"wrote {target} ({len(log.steps)} steps from {source})")
+    return 0
+
+
 COMMANDS = {
     "train": _command_train,
     "tiny-model": _command_tiny,
     "demo": _command_demo,
     "buckets": _command_buckets,
     "inspect": _command_inspect,
+    "plot": _command_plot,
 }
 
 
