@@ -124,4 +124,6 @@ def test_periodic_previews(model, tmp_path):
     config = ileco_config(model, "a blue square", train_iterations=4, preview_every_steps=2, preview_sampling_steps=1,
                           save_lora_name="periodic")
     run_job(config, output_dir=tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["periodic_2steps_preview.png", "periodic_preview.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "periodic_0steps_preview.png", "periodic_2steps_preview.png", "periodic_preview.png"
+    ]

@@ -35,7 +35,9 @@ def test_planned_files_name_every_save():
     config = TrainConfig(save_lora_name="job", train_iterations=7, save_per_steps=3)
     assert planned_files(config) == ["job.safetensors", "job_3steps.safetensors", "job_6steps.safetensors"]
     previews = TrainConfig(save_lora_name="p", train_iterations=4, preview_prompts="a;b", preview_every_steps=2)
-    assert planned_files(previews) == ["p.safetensors", "p_preview.png", "p_2steps_preview.png"]
+    assert planned_files(previews) == [
+        "p.safetensors", "p_preview.png", "p_0steps_preview.png", "p_2steps_preview.png"
+    ]
     ileco = TrainConfig(mode="iLECO", original_prompt="cat", save_lora_name="i")
     assert planned_files(ileco) == ["i.safetensors", "i_preview.png"]  # iLECO previews its prompts by default
 

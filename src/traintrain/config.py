@@ -190,7 +190,9 @@ class TrainConfig:
     diff_use_diff_mask: bool = _param(False, "ADDifT: weight the loss by where the two images differ")
     diff_target_name: str = _param("_target", "Multi-ADDifT: suffix of the target image of X.png (X_target.png)")
     preview_prompts: str = _param("", "prompts for preview images, separated by ';' or new lines")
-    preview_every_steps: int = _param(0, "also render previews every N steps (0 = only at the end)", minimum=0)
+    preview_every_steps: int = _param(
+        0, "also render previews every N steps and once before the first (0 = only at the end)", minimum=0
+    )
     preview_sampling_steps: int = _param(20, "sampling steps of preview images", minimum=1, maximum=150)
     gen_noise_scheduler: NoiseScheduler = _param(NoiseScheduler.DDIM, "sampler of preview images (LMS needs scipy)")
     network_train_text_encoder: bool = _param(

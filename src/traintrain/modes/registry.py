@@ -80,10 +80,9 @@ class TrainingMode(ABC):
             return []
         name, result = config.output_name, self.result_config(config)
         files = [f"{name}_preview.png"]
-        if periodic:
-            files += [
-                f"{name}_{step}steps_preview.png" for step in every(result.preview_every_steps, result.train_iterations)
-            ]
+        if periodic and result.preview_every_steps:  # step 0: the "before" picture, rendered ahead of training
+            steps = [0, *every(result.preview_every_steps, result.train_iterations)]
+            files += [f"{name}_{step}steps_preview.png" for step in steps]
         return files
 
     def default_preview_prompts(self, config: TrainConfig) -> list[str]:

@@ -2,6 +2,8 @@
 
 Saves happen with the optimizer ready for them (schedule-free: eval mode), and the loop ends in that
 state, so the weights a mode saves or reuses after `run_loop` are the ones training produced.
+With `preview_every`, previews are rendered every so many steps and once before the first step (step
+0: what training changes from); a resumed phase has rendered that one already.
 With `checkpoints`, each step's file save also writes a resumable state, a resumed phase continues
 after its saved step, and a stop request ends the run after the current step with a save and a state.
 A non-finite loss or gradient stops the run before anything is written (or, with
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -24,6 +26,8 @@ from traintrain.errors import NonFiniteLoss, TrainingStopped
 from traintrain.training.checkpoint import Checkpoints
 from traintrain.training.events import Message, Progress, Reporter
 from traintrain.training.optimizers import build_training_optimizer
+
+T = TypeVar("T")
 
 
 class DataOrder(Protocol):
@@ -81,6 +85,8 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
             start = task.iterations
         else:
             report(Message(f"{task.phase}: resumed after step {start} of {task.iterations}"))
+    if task.preview_every and task.on_preview and start == 0:  # "before": what the training changes from
+        _with_saved_weights(training, task.on_preview, 0)
     last_saved = None
     started = time.monotonic()
     for step in range(start + 1, task.iterations + 1):
@@ -104,14 +110,12 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
 
         saved = None
         if task.save_every and task.on_save and step % task.save_every == 0 and step < task.iterations:
-            saved = _save(training, task.on_save, step)
+            saved = _with_saved_weights(training, task.on_save, step)
         if task.preview_every and task.on_preview and step % task.preview_every == 0 and step < task.iterations:
-            training.before_save()  # previews show the weights a save would hold
-            task.on_preview(step)
-            training.before_training()
+            _with_saved_weights(training, task.on_preview, step)  # previews show the weights a save would hold
         stop = checkpoints is not None and checkpoints.stop_requested.is_set() and step < task.iterations
         if stop and saved is None and task.on_save:
-            saved = _save(training, task.on_save, step)
+            saved = _with_saved_weights(training, task.on_save, step)
         state = None
         if saved is not None:
             last_saved = saved
@@ -151,11 +155,12 @@ def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int, param
     return sum(values) / micro_steps, problem
 
 
-def _save(training, on_save: Callable[[int], Path], step: int) -> Path:
+def _with_saved_weights(training, action: Callable[[int], T], step: int) -> T:
+    """`action(step)` on the weights a save holds (schedule-free: the averaged ones), then train on."""
     training.before_save()
-    path = on_save(step)
+    outcome = action(step)
     training.before_training()
-    return path
+    return outcome
 
 
 def _guard(config, step: int, problem: str, skipped: int, last_saved: Path | None, report: Reporter) -> None:
