@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
+from traintrain.cli_queue import add_queue_parser, command_queue
 from traintrain.config import Choice, TrainConfig, parameter_types
 from traintrain.errors import OUTPUT_DIR, RESUME_STATE, TOKENIZER_DIR, NonFiniteLoss, TrainingStopped, UserError
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", default="output", metavar="DIR", help="the training output folder (default: ./output)"
     )
     plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    add_queue_parser(commands, OneLineParser)
     # more subcommands: each adds its parser here and its handler to COMMANDS
     return parser
 
@@ -352,6 +354,7 @@ COMMANDS = {
     "buckets": _command_buckets,
     "inspect": _command_inspect,
     "plot": _command_plot,
+    "queue": command_queue,
 }
 
 
