@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from traintrain.fileio import LineAppender
-from traintrain.jobs.queue import JobError, JobFiles
+from traintrain.jobs.queue import JobError, JobFiles, JobStatus
 from traintrain.training.events import Event, Message, Progress, Saved
 
 # The core names two kinds of files in messages, not in events of their own:
@@ -62,7 +62,7 @@ class EventLogWriter:
 class JobView:
     """A job as its log tells it: the newest progress, its messages, files and loss series."""
 
-    status: str = "queued"  # a JobStatus value: "running" from the first start record to the end record
+    status: JobStatus = JobStatus.QUEUED  # running from a start record to the end record
     phase: str = ""
     step: int = 0
     total: int = 0
@@ -92,9 +92,9 @@ class JobView:
     def apply(self, record: dict) -> None:
         kind = record.get("event")
         if kind == "start":
-            self.status, self.error, self._first_step = "running", None, 0
+            self.status, self.error, self._first_step = JobStatus.RUNNING, None, 0
         elif kind == "end":
-            self.status = record["status"]
+            self.status = JobStatus(record["status"])
             self.error = JobError(**record["error"]) if record.get("error") else None
             self.state = record.get("state")
         else:

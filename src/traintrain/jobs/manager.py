@@ -146,11 +146,11 @@ class JobManager:
             self._follow_log()
             state = self.queue.state()
             running = state.running()
-            view = None
+            job = None
             if running is not None:
-                view = self._reader.view.copy() if self._reader else read_view(Path(running.log))
+                job = RunningJob(running, self._reader.view.copy() if self._reader else read_view(Path(running.log)))
             return ManagerSnapshot(
-                RunningJob(running, view) if running and view else None,
+                job,
                 state.queued(), state.history(), state.paused, list(self.notices),
             )
 
@@ -318,7 +318,10 @@ def remove_job_temps(config: TrainConfig, output_dir: Path) -> list[Path]:
 
 def _how_it_ended(code: int) -> str:
     if code < 0:
-        name = signal.Signals(-code).name
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"killed by signal {-code}"
         return f"killed by {name}" + (", as the system does when memory runs out" if name == "SIGKILL" else "")
     return f"exit code {code}"
 
