@@ -124,7 +124,7 @@ ROWS = {
     "model-truncated-ckpt": (lambda w: model(w, "truncated.ckpt"), "truncated or corrupt checkpoint"),
     "model-unsafe-pickle": (lambda w: model(w, "pickle.ckpt"), "need unsafe pickle loading"),
     "model-not-sd": (lambda w: model(w, "not_sd.safetensors"), "not a Stable Diffusion checkpoint"),
-    "model-is-lora": (lambda w: model(w, "a_lora.safetensors"), "this is a LoRA, not a model"),
+    "model-is-lora": (lambda w: model(w, "a_lora.safetensors"), "this is a LoRA/LyCORIS network, not a model"),
     "model-empty-folder": (lambda w: model(w, "empty_model"), "folder is not a diffusers model"),
     "model-unknown-type": (lambda w: model(w, "model.onnx"), "unsupported model file type '.onnx'"),
     # images and prompts

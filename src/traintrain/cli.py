@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from traintrain.cli_queue import add_queue_parser, command_queue
+from traintrain.cli_ui import UI_FLAGS, add_ui_parser, command_ui
 from traintrain.config import Choice, TrainConfig, parameter_types
 from traintrain.errors import OUTPUT_DIR, RESUME_STATE, TOKENIZER_DIR, NonFiniteLoss, TrainingStopped, UserError
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", default="output", metavar="DIR", help="the training output folder (default: ./output)"
     )
     plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    add_ui_parser(commands)
     add_queue_parser(commands, OneLineParser)
     # more subcommands: each adds its parser here and its handler to COMMANDS
     return parser
@@ -354,6 +356,7 @@ COMMANDS = {
     "buckets": _command_buckets,
     "inspect": _command_inspect,
     "plot": _command_plot,
+    "ui": command_ui,
     "queue": command_queue,
 }
 
@@ -386,6 +389,7 @@ FIELD_FLAGS = {
     OUTPUT_DIR: "--output-dir",
     TOKENIZER_DIR: "--tokenizer",
     RESUME_STATE: "--resume",
+    **UI_FLAGS,
 }
 
 

@@ -52,15 +52,15 @@ class LoadedImage:
         return LoadedImage(ImageOps.mirror(self.image), mask)
 
 
-def find_images(directory: str | os.PathLike[str]) -> list[Path]:
+def find_images(directory: str | os.PathLike[str], field: str = "lora_data_directory") -> list[Path]:
     """All images under `directory` (subfolders included, hidden files and folders skipped).
 
     Extensions match in any letter case; the result is sorted by relative path so that runs on
-    any file system see the images in the same order.
+    any file system see the images in the same order. `field` is the setting that named the folder.
     """
     root = Path(directory)
     if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist: set lora_data_directory to a folder of images")
+        raise UserError(f"image folder {root} does not exist", "choose a folder of images", field=field)
     found = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
@@ -71,7 +71,8 @@ def find_images(directory: str | os.PathLike[str]) -> list[Path]:
         ]
     if not found:
         raise UserError(
-            f"no images in {root}: add {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))} files to it"
+            f"no images in {root}", f"add {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))} files to it",
+            field=field,
         )
     return sorted(found, key=lambda path: (path.relative_to(root).as_posix().casefold(), path.as_posix()))
 
