@@ -63,8 +63,11 @@ def test_train_a_lora_from_the_shipped_preset(app, tmp_path):
         load_preset(page, "LoRA")
         fill_job(page, model=str(world / "models" / "tiny.safetensors"), data=str(world / "images"),
                  name="first", iterations=3)
+        page.locator("#tt-logging-save-csv input").check()
         job = job_id_in(click_and_read(page, "Start Training", expect="started"))
         history_row(page, job, "done")
+        page.get_by_role("tab", name="Plot").click()
+        assert "3 points" in click_and_read(page, "Plot", "tt-plot-status", expect="points")
     assert (world / "out" / "first.safetensors").is_file()
     first = next(entry for entry in manager.snapshot().history if entry.id == job)
     config = TrainConfig.from_json_dict(first.settings)  # what the form sent
@@ -79,6 +82,10 @@ def test_a_job_added_while_one_trains_runs_after_it(app, tmp_path):
         fill_job(page, model=str(world / "models" / "tiny.safetensors"), data=str(world / "images"),
                  name="long", iterations=30)
         first = job_id_in(click_and_read(page, "Start Training", expect="started"))
+        reopened = page.context.browser.new_page()  # another tab, as after closing the browser: the job goes on
+        open_app(reopened, url)
+        wait_for_text(reopened, "tt-progress", r"long \(job")
+        reopened.close()
         set_field(page, "save_lora_name", "after")
         set_field(page, "train_iterations", "2")
         busy = click_and_read(page, "Start Training", expect="is training")

@@ -26,6 +26,7 @@ from traintrain.fileio import remove_stale_temps
 from traintrain.jobs.event_log import EventLogReader, JobView, read_view, record_event
 from traintrain.jobs.processes import process_alive, process_token
 from traintrain.jobs.queue import JobError, JobQueue, JobStatus, QueueEntry
+from traintrain.jobs.worker import STANDBY
 from traintrain.training.events import Event, Message, Reporter, ignore
 
 POLL_SECONDS = 0.5
@@ -59,8 +60,13 @@ class _Worker:
 
 
 class JobManager:
-    def __init__(self, output_dir: Path, *, report: Reporter = ignore, poll_seconds: float = POLL_SECONDS):
+    def __init__(self, output_dir: Path, *, report: Reporter = ignore, poll_seconds: float = POLL_SECONDS,
+                 spare_worker: bool = True):
+        """`spare_worker`: keep one worker process waiting with the training code imported, so that
+        a job starts at once instead of after the seconds of importing torch and diffusers."""
         self.report = report
+        self._spare_enabled = spare_worker
+        self._spare: subprocess.Popen | None = None
         self.notices: list[str] = []
         self.queue = JobQueue(Path(output_dir), report=self._notice)
         self._manager_lock = _hold_manager_lock(self.queue)
@@ -72,6 +78,8 @@ class JobManager:
         self._closed = threading.Event()
         self._wake = threading.Event()
         self.queue.recover()
+        with self._lock:
+            self._prepare_spare()
         self._thread = threading.Thread(target=self._run, daemon=True, name="traintrain-jobs")
         self._thread.start()
 
@@ -182,6 +190,7 @@ class JobManager:
         """Stop the thread. A job still running is stopped and saved, and recorded as interrupted."""
         self._starting = False
         with self._lock:
+            self._close_spare()
             worker = self._worker
             if worker is not None and worker.process is not None and worker.process.stdin:
                 worker.process.stdin.close()  # the worker sees its parent go, saves and ends
@@ -241,11 +250,7 @@ class JobManager:
         try:
             self.queue.logs.mkdir(parents=True, exist_ok=True)
             output = open(self.queue.worker_output(entry.id), "ab")
-            process = subprocess.Popen(
-                [sys.executable, "-m", "traintrain.jobs.worker", str(self.queue.folder), entry.id],
-                stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, cwd=entry.workdir or None,
-                start_new_session=True,  # its own process group: a Ctrl-C at the terminal reaches only us
-            )
+            process = self._take_spare(entry) or self._spawn(entry.id, output, entry.workdir or None)
         except OSError as error:
             self.queue.finish(entry.id, JobStatus.FAILED, error=JobError(f"the job's process cannot start: {error}"))
             raise
@@ -255,6 +260,44 @@ class JobManager:
         self._worker = _Worker(entry, process, process.pid, output)
         self._reader = EventLogReader(Path(entry.log))
         self._notice(Message(f"job {entry.id} ({entry.name}) started"))
+        self._prepare_spare()
+
+    def _spawn(self, job: str, output, workdir: str | None) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "traintrain.jobs.worker", str(self.queue.folder), job],
+            stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, cwd=workdir,
+            start_new_session=True,  # its own process group: a Ctrl-C at the terminal reaches only us
+        )
+
+    def _prepare_spare(self) -> None:
+        """Start the spare worker for the next job (it imports while the current one trains)."""
+        if not self._spare_enabled or not self._starting or (self._spare and self._spare.poll() is None):
+            return
+        try:
+            self._spare = self._spawn(STANDBY, subprocess.DEVNULL, None)
+        except OSError:
+            self._spare = None  # jobs then start a worker of their own
+
+    def _take_spare(self, entry: QueueEntry) -> subprocess.Popen | None:
+        """Hand the job to the spare worker, if one is alive; it moves into the job's folder itself."""
+        spare, self._spare = self._spare, None
+        if spare is None or spare.poll() is not None or spare.stdin is None:
+            return None
+        try:
+            spare.stdin.write(f"{entry.id} {self.queue.worker_output(entry.id)}\n".encode())
+            spare.stdin.flush()
+        except OSError:
+            return None
+        return spare
+
+    def _close_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.stdin:
+            spare.stdin.close()  # no job: it ends
+            try:
+                spare.wait(30)
+            except subprocess.TimeoutExpired:
+                spare.kill()
 
     def _worker_ended(self) -> None:
         """Record how the worker ended when it could not say so itself (killed, crashed, cancelled)."""

@@ -6,6 +6,10 @@ happens, and the outcome is recorded in the queue. SIGTERM or SIGINT asks for St
 `{name}_{k}steps` file and a state; status "stopped"). The manager holds the other end of a pipe on
 our stdin: when it closes because the app died, the job stops the same way and is recorded
 "interrupted", resumable from that state.
+
+`python -m traintrain.jobs.worker QUEUE_DIR --standby` is a spare worker: it imports the training
+code (torch, diffusers: seconds) before there is a job, then reads the id of its job as the first
+line on stdin, so a job the manager hands it starts at once.
 """
 
 from __future__ import annotations
@@ -35,8 +39,15 @@ class JobOutcome:
     state: str | None = None  # to resume from (stopped, interrupted), or a finished run's save_state
 
 
+STANDBY = "--standby"
+
+
 def main(argv: list[str] | None = None) -> int:
     queue_dir, job_id = argv if argv is not None else sys.argv[1:]
+    if job_id == STANDBY:
+        job_id = wait_for_job()
+        if not job_id:
+            return 0  # the manager closed without a job for us
     queue = JobQueue(Path(queue_dir).parent)
     entry = queue.get(job_id)
     if entry.workdir:
@@ -97,6 +108,27 @@ def run_entry(queue: JobQueue, entry: QueueEntry, report: Reporter, stop: thread
         return JobOutcome(JobStatus.FAILED, JobError(f"{type(error).__name__}: {error} (details in {where})"))
     state = state_path_for(result.path)
     return JobOutcome(JobStatus.DONE, state=str(state) if state.is_file() else None)
+
+
+def wait_for_job() -> str:
+    """Import what every job needs, then read the job's id (a line on stdin; empty at its end).
+
+    The job's own output file replaces the spare's stdout and stderr once the job is known."""
+    import traintrain.jobs.runner  # noqa: F401  (the seconds a job would otherwise wait for)
+
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            return ""
+        line += chunk
+    job_id, _, output = line.decode().strip().partition(" ")
+    if output:
+        descriptor = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for stream in (1, 2):
+            os.dup2(descriptor, stream)
+        os.close(descriptor)
+    return job_id
 
 
 @contextmanager
