@@ -21,9 +21,11 @@ demo: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+# vermin: no syntax or standard library newer than the Web-UIs' Python 3.10 (no 3.10 interpreter here).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src
 	$(VENV)/bin/mypy
+	$(VENV)/bin/vermin -q -t=3.10- --violations --no-tips --eval-annotations src
 
 test: lint browser
 	$(PY) -m pytest -q

@@ -101,7 +101,7 @@ def load_image(path: str | os.PathLike[str], background: tuple[int, int, int] | 
 def _to_rgb_and_mask(image: Image.Image, background: tuple[int, int, int] | None = None) -> LoadedImage:
     if image.mode.startswith("I") or image.mode == "F":
         image = _scaled_to_8bit(image)
-    if image.has_transparency_data:
+    if _has_transparency(image):
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
         mask = None if alpha.min() >= 1.0 else alpha
@@ -110,6 +110,11 @@ def _to_rgb_and_mask(image: Image.Image, background: tuple[int, int, int] | None
             return LoadedImage(Image.alpha_composite(backdrop, rgba).convert("RGB"), mask)
         return LoadedImage(rgba.convert("RGB"), mask)
     return LoadedImage(image.convert("RGB"), None)
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    """Pillow 10.1's `has_transparency_data`, spelled out: the Web-UIs pin Pillow 9.5, which lacks it."""
+    return image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in image.info
 
 
 def _scaled_to_8bit(image: Image.Image) -> Image.Image:

@@ -348,7 +348,10 @@ def _convert_text_encoder(family: Family, index: int, state, model) -> dict:
         converted = convert_open_clip_checkpoint(model, _open_clip_weights(family, state, prefix), prefix=prefix)
     if not hasattr(model, "text_model"):  # transformers 5 flattened CLIPTextModel
         converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
-    return {key: value for key, value in converted.items() if not key.endswith("position_ids")}
+    weights = {key: value for key, value in converted.items() if not key.endswith("position_ids")}
+    # transformers < 4.31 (A1111 pins 4.30) keeps position_ids as a saved buffer: adopt the model's own.
+    weights.update({key: value for key, value in model.state_dict().items() if key.endswith("position_ids")})
+    return weights
 
 
 def _open_clip_weights(family: Family, state, prefix: str) -> dict:

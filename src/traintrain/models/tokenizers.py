@@ -11,12 +11,17 @@ import gzip
 import importlib.util
 import json
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import cast
 
-from transformers import CLIPTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers import CLIPTokenizer, CLIPTokenizerFast  # type: ignore[attr-defined]  # 5.x: lazy alias
+
+try:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+except ImportError:  # older transformers (A1111 pins 4.30) keep it beside the slow CLIP tokenizer only
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode  # type: ignore[attr-defined,no-redef]
 
 from traintrain.errors import TOKENIZER_DIR, UserError
 from traintrain.models.families import Family
@@ -67,12 +72,7 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
             pieces[:2] = [pair[0] + pair[1]]
     tokens = list(dict.fromkeys(tokens)) + [BOS, EOS]
     vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,  # type: ignore[arg-type]  # annotated list[str]; the tokenizers-backed class takes pairs
-        model_max_length=MAX_LENGTH,
-        pad_token=EOS,
-    )
+    return _from_vocabulary(vocab, merges, "", pad_token=EOS)
 
 
 def save_tokenizer(tokenizer: CLIPTokenizer, folder) -> None:
@@ -84,7 +84,8 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder) -> None:
     tokenizer.save_pretrained(str(folder))
     (folder / "vocab.json").write_text(json.dumps(tokenizer.get_vocab(), ensure_ascii=False), encoding="utf-8")
     merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    lines = "".join(" ".join(pair) + "\n" for pair in merges)
+    # tokenizers < 0.21 (transformers 4.x) stores each merge as one "a b" string, later ones as a pair.
+    lines = "".join((pair if isinstance(pair, str) else " ".join(pair)) + "\n" for pair in merges)
     (folder / "merges.txt").write_text("#version: 0.2\n" + lines, encoding="utf-8")
 
 
@@ -136,14 +137,23 @@ def build_clip_tokenizers(family: Family, vocabulary: Path) -> list[CLIPTokenize
     """The family's tokenizer(s), in memory, from CLIP's BPE vocabulary file: the ids of the real ones."""
     vocab, merges = _read_clip_vocabulary(Path(vocabulary))
     return [
-        CLIPTokenizer(
-            vocab=dict(vocab),
-            merges=list(merges),  # type: ignore[arg-type]  # as in build_tiny_tokenizer: pairs, not list[str]
-            bos_token=BOS, eos_token=EOS, unk_token=EOS,
-            pad_token=pad, model_max_length=MAX_LENGTH, name_or_path=str(vocabulary),
-        )
+        _from_vocabulary(vocab, merges, str(vocabulary), bos_token=BOS, eos_token=EOS, unk_token=EOS, pad_token=pad)
         for pad in CLIP_PAD_TOKENS[family]
     ]
+
+
+def _from_vocabulary(vocab: dict[str, int], merges, name: str, **tokens: str) -> CLIPTokenizer:
+    """A CLIP tokenizer of a vocabulary and merges held in memory, loaded from files written for it:
+    transformers 4.x (the Web-UIs' pins) builds one only from vocab.json and merges.txt, 5.x reads those
+    too, so both take this one path. The fast class is the one that 5.x names CLIPTokenizer."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        lines = "".join(f"{first} {second}\n" for first, second in merges)
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n" + lines, encoding="utf-8")
+        tokenizer = CLIPTokenizerFast.from_pretrained(folder, local_files_only=True, model_max_length=MAX_LENGTH,
+                                                      **tokens)
+    tokenizer.name_or_path = name
+    return tokenizer
 
 
 @lru_cache(maxsize=2)
@@ -192,7 +202,8 @@ def _has_tokenizer_files(folder: Path) -> bool:
 def _load(folder: Path, **kwargs) -> CLIPTokenizer:
     """Load offline; a folder without tokenizer_config.json would otherwise get no length limit."""
     try:
-        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=MAX_LENGTH, **kwargs)
+        return CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True, model_max_length=MAX_LENGTH,
+                                                 **kwargs)
     except (OSError, ValueError) as error:
         raise UserError(f"{folder}: cannot read the tokenizer ({error}); replace vocab.json and merges.txt") from error
 
