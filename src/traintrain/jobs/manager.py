@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from traintrain.config import TrainConfig
 from traintrain.errors import OUTPUT_DIR, UserError
@@ -31,6 +31,25 @@ from traintrain.training.events import Event, Message, Reporter, ignore
 
 POLL_SECONDS = 0.5
 NOTICES_KEPT = 50
+
+
+class JobHooks(Protocol):
+    """What a host does around each job's process: the Web-UI takes its GPU lock and frees its model
+    before, and reloads the model and releases the lock after, however the job ended."""
+
+    def before_job(self) -> None: ...
+
+    def after_job(self) -> None: ...
+
+
+class NoHooks:
+    """Standalone: nothing else shares the GPU."""
+
+    def before_job(self) -> None:
+        pass
+
+    def after_job(self) -> None:
+        pass
 
 
 @dataclass
@@ -57,18 +76,22 @@ class _Worker:
     pid: int
     output: IO[bytes] | None = None
     cancelled: bool = False
+    hooked: bool = False  # before_job ran for it: after_job runs when it ends
 
 
 class JobManager:
     def __init__(self, output_dir: Path, *, report: Reporter = ignore, poll_seconds: float = POLL_SECONDS,
-                 spare_worker: bool = True):
+                 spare_worker: bool = True, lora_dir: Path | None = None, hooks: JobHooks | None = None):
         """`spare_worker`: keep one worker process waiting with the training code imported, so that
-        a job starts at once instead of after the seconds of importing torch and diffusers."""
+        a job starts at once instead of after the seconds of importing torch and diffusers.
+        `lora_dir`: where jobs write their LoRA files, if not `output_dir` (see JobQueue); `hooks` run
+        around each job this manager starts."""
         self.report = report
+        self.hooks = hooks or NoHooks()
         self._spare_enabled = spare_worker
         self._spare: subprocess.Popen | None = None
         self.notices: list[str] = []
-        self.queue = JobQueue(Path(output_dir), report=self._notice)
+        self.queue = JobQueue(Path(output_dir), report=self._notice, lora_dir=lora_dir)
         self._manager_lock = _hold_manager_lock(self.queue)
         self.poll_seconds = poll_seconds
         self._lock = threading.RLock()
@@ -248,16 +271,22 @@ class JobManager:
     def _launch(self, entry: QueueEntry) -> None:
         entry = self.queue.mark_running(entry.id)
         try:
+            self.hooks.before_job()
+        except Exception as error:
+            self.queue.finish(entry.id, JobStatus.FAILED, error=JobError(f"the host could not free the GPU: {error}"))
+            raise
+        try:
             self.queue.logs.mkdir(parents=True, exist_ok=True)
             output = open(self.queue.worker_output(entry.id), "ab")
             process = self._take_spare(entry) or self._spawn(entry.id, output, entry.workdir or None)
         except OSError as error:
             self.queue.finish(entry.id, JobStatus.FAILED, error=JobError(f"the job's process cannot start: {error}"))
+            self._after_job()
             raise
         token = process_token(process.pid)
         self.queue.record_worker(entry.id, process.pid, token)
         entry.pid, entry.pid_token = process.pid, token
-        self._worker = _Worker(entry, process, process.pid, output)
+        self._worker = _Worker(entry, process, process.pid, output, hooked=True)
         self._reader = EventLogReader(Path(entry.log))
         self._notice(Message(f"job {entry.id} ({entry.name}) started"))
         self._prepare_spare()
@@ -318,14 +347,22 @@ class JobManager:
                 f"the job's process ended unexpectedly ({_how_it_ended(worker.process.returncode)}); its output "
                 f"is in {self.queue.worker_output(worker.entry.id)}"))
         if ended is not None:  # the worker recorded nothing, so it may have been writing a file
-            remove_job_temps(ended.config(), self.queue.output_dir)
+            remove_job_temps(ended.config(), ended.results_dir(self.queue.output_dir))
         final = next((e for e in self.queue.state().entries if e.id == worker.entry.id), None)
         if final is not None:
             error = f": {final.error.message}" if final.error else ""
             self._notice(Message(f"job {final.id} ({final.name}) {final.status.value}{error}",
                                  "warning" if final.status is not JobStatus.DONE else "info"))
         self._worker, self._reader = None, None
+        if worker.hooked:
+            self._after_job()
         self._wake.set()
+
+    def _after_job(self) -> None:
+        try:
+            self.hooks.after_job()
+        except Exception as error:  # the next job must still start, and the face stay up
+            self._notice(Message(f"the host could not take the GPU back: {type(error).__name__}: {error}", "warning"))
 
     def _follow_log(self) -> None:
         """Pass the running job's new events to the face's reporter."""

@@ -81,6 +81,10 @@ class QueueEntry:
     log: str = ""  # the worker's event log, one JSON object per line
     workdir: str = ""  # relative paths in the settings are read from here, as where the job was added
     tokenizer_dir: str | None = None
+    lora_dir: str = ""  # where its LoRA files go when not the output folder (a Web-UI's LoRA folder)
+
+    def results_dir(self, output_dir: Path) -> Path:
+        return Path(self.lora_dir) if self.lora_dir else Path(output_dir)
 
     @property
     def name(self) -> str:
@@ -137,10 +141,15 @@ class QueueState:
 
 
 class JobQueue:
-    """The queue of one output folder; every method reads the file afresh (other processes change it)."""
+    """The queue of one output folder; every method reads the file afresh (other processes change it).
 
-    def __init__(self, output_dir: Path, report: Reporter = ignore):
+    `lora_dir`: where the jobs added here write their LoRA files (with their previews and states),
+    when not the output folder, which keeps the queue, logs and presets (the Web-UI extension).
+    """
+
+    def __init__(self, output_dir: Path, report: Reporter = ignore, lora_dir: Path | None = None):
         self.output_dir = Path(output_dir).resolve()
+        self.lora_dir = Path(lora_dir).resolve() if lora_dir else self.output_dir
         self.folder = self.output_dir / "queue"
         self.file = self.folder / "queue.json"
         self.backup = self.folder / "queue.json.bak"
@@ -158,12 +167,12 @@ class JobQueue:
     # ------------------------------------------------------------------ adding and editing
     def add(self, config: TrainConfig, *, tokenizer_dir: str | None = None, position: int | None = None) -> QueueEntry:
         """Queue a job after the checks run_job makes first; refuse a save name another job or a file holds."""
-        config = check_job(config, self.output_dir)
+        config = check_job(config, self.lora_dir)
         with self._transaction() as state:
             self._check_name_free(state, config)
             entry = QueueEntry(
                 _new_id(state), config.to_json_dict(), created=time.time(), workdir=os.getcwd(),
-                tokenizer_dir=tokenizer_dir,
+                tokenizer_dir=tokenizer_dir, lora_dir=_lora_dir_of(self),
             )
             entry.log = str(self.logs / f"{entry.id}.jsonl")
             self._insert(state, entry, position)
@@ -171,7 +180,7 @@ class JobQueue:
 
     def edit(self, job_id: str, config: TrainConfig) -> QueueEntry:
         """New settings for a job that has not started."""
-        config = check_job(config, self.output_dir)
+        config = check_job(config, self.lora_dir)
         with self._transaction() as state:
             entry = state.find(job_id)
             _require(entry, (JobStatus.QUEUED,), "edited", "duplicate it and edit the copy")
@@ -188,7 +197,7 @@ class JobQueue:
             while True:
                 candidate = config.with_values(**{NAME_FIELD: f"{original.name}_{number}"})
                 try:
-                    self._check_name_free(state, check_job(candidate, self.output_dir))
+                    self._check_name_free(state, check_job(candidate, original.results_dir(self.output_dir)))
                     break
                 except UserError as error:
                     if error.field != NAME_FIELD:
@@ -196,7 +205,7 @@ class JobQueue:
                     number += 1
             entry = QueueEntry(
                 _new_id(state), candidate.to_json_dict(), created=time.time(), workdir=original.workdir,
-                tokenizer_dir=original.tokenizer_dir,
+                tokenizer_dir=original.tokenizer_dir, lora_dir=original.lora_dir,
             )
             entry.log = str(self.logs / f"{entry.id}.jsonl")
             state.entries.append(entry)
@@ -241,7 +250,7 @@ class JobQueue:
         with self._transaction() as state:
             entry = state.find(job_id)
             _require(entry, FINISHED, "requeued")
-            config = check_job(entry.config(), self.output_dir)
+            config = check_job(entry.config(), entry.results_dir(self.output_dir))
             self._check_name_free(state, config, exclude=entry.id)
             state.entries.remove(entry)
             entry.status, entry.error, entry.finished, entry.started = JobStatus.QUEUED, None, None, None
@@ -297,7 +306,7 @@ class JobQueue:
         """The state of the furthest step this run (or the state it resumed from) wrote."""
         pattern = re.compile(rf"{re.escape(entry.name)}_(\d+)steps\.state")
         candidates = []
-        for path in self.output_dir.glob(f"{entry.name}_*steps.state"):
+        for path in entry.results_dir(self.output_dir).glob(f"{entry.name}_*steps.state"):
             found = pattern.fullmatch(path.name)
             if found and (path.stat().st_mtime >= (entry.started or 0) - 1 or str(path) == entry.resume_state):
                 candidates.append((int(found.group(1)), str(path)))
@@ -392,6 +401,10 @@ def check_job(config: TrainConfig, output_dir: Path) -> TrainConfig:
     plan = OutputPlan(Path(output_dir), check_save_name(config.output_name))
     plan.check_free(config.save_overwrite, mode.planned_files(config))
     return config
+
+
+def _lora_dir_of(queue: JobQueue) -> str:
+    return "" if queue.lora_dir == queue.output_dir else str(queue.lora_dir)
 
 
 def _require(entry: QueueEntry, allowed: tuple[JobStatus, ...], action: str, fix: str = "") -> None:

@@ -50,9 +50,12 @@ def check_inputs(config: TrainConfig) -> TrainingMode:
 
 
 def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer_dir: str | None = None,
-            report: Reporter = ignore, stop: threading.Event | None = None, resume: dict | None = None) -> JobResult:
+            report: Reporter = ignore, stop: threading.Event | None = None, resume: dict | None = None,
+            lora_dir: Path | None = None) -> JobResult:
     """Train one job. Setting `stop` (from any thread) ends it after the current step with a save and a
-    state (TrainingStopped); `resume` is a loaded state to continue from (see `resume_job`)."""
+    state (TrainingStopped); `resume` is a loaded state to continue from (see `resume_job`). The LoRA
+    files (their previews and states too) go to `lora_dir` when given (a Web-UI's LoRA folder), the
+    logs to `output_dir`."""
     from traintrain.models.external_vae import use_external_vae
     from traintrain.models.loading import load_model
 
@@ -60,7 +63,7 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     check_training_options(config)
     if mode.preview_prompts(config):
         check_sampler(config.gen_noise_scheduler)
-    plan = OutputPlan(Path(output_dir), check_save_name(config.output_name))
+    plan = OutputPlan(Path(lora_dir or output_dir), check_save_name(config.output_name))
     final_suffix = continuation_suffix(config, resume)
     files = mode.planned_files(config)
     if resume:  # the interrupted run wrote its other files (Difference's copier) itself; see continuation_suffix
@@ -94,7 +97,7 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, started_at,
                         final_suffix=final_suffix)
     job = {"config": config.to_json_dict(), "output_dir": str(output_dir), "tokenizer_dir": tokenizer_dir,
-           "seed": seed, "started_at": started_at}
+           "seed": seed, "started_at": started_at, "lora_dir": str(lora_dir) if lora_dir else None}
     checkpoints = Checkpoints(job, generator, resume, stop)
     run = RunContext(device, model_dtype, lora_dtype, seed, generator, noise_scheduler(components.v_prediction), writer,
                      report, checkpoints)
@@ -141,5 +144,5 @@ def resume_job(state_path: Path, *, output_dir: Path | None = None, tokenizer_di
     report(Message(f"resuming from {state_path}: {state['phase']} step {state['progress']['step']}"))
     return run_job(
         config, output_dir=Path(output_dir or job["output_dir"]), tokenizer_dir=tokenizer_dir or job["tokenizer_dir"],
-        report=report, stop=stop, resume=state,
+        report=report, stop=stop, resume=state, lora_dir=Path(job["lora_dir"]) if job.get("lora_dir") else None,
     )

@@ -89,7 +89,7 @@ def run_entry(queue: JobQueue, entry: QueueEntry, report: Reporter, stop: thread
                                 tokenizer_dir=entry.tokenizer_dir, report=report, stop=stop)
         else:
             result = run_job(entry.config(), output_dir=queue.output_dir, tokenizer_dir=entry.tokenizer_dir,
-                             report=report, stop=stop)
+                             report=report, stop=stop, lora_dir=Path(entry.lora_dir) if entry.lora_dir else None)
     except TrainingStopped as stopped:
         report(Message(str(stopped)))
         status = JobStatus.INTERRUPTED if orphaned.is_set() else JobStatus.STOPPED
