@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo lint test test-fast clean
+.PHONY: install browser demo lint host-envs test test-fast clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/vermin -q -t=3.10- --violations --no-tips --eval-annotations src
 
+# The Web-UIs' pinned libraries in .host-envs/ (tests/host_pins/), for tests/test_host_pins.py; its fixture
+# builds them too when missing (about 4 minutes each, once).
+host-envs: $(STAMP)
+	cd tests && ../$(PY) -c 'import host_envs; [host_envs.host_python(h) for h in host_envs.HOSTS]'
+
 test: lint browser
 	$(PY) -m pytest -q
 
@@ -34,4 +39,4 @@ test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) demo_output output
+	rm -rf $(VENV) .host-envs demo_output output

@@ -22,6 +22,7 @@ from traintrain.jobs.queue import QueueEntry
 from traintrain.models.discovery import list_models
 from traintrain.presets.user_store import PresetStore
 from traintrain.training.loss_history import LossLog, downsample, find_loss_log, logs_folder, loss_logs, read_loss_log
+from traintrain.ui import compat
 from traintrain.ui.form import build_form
 
 POLL_SECONDS = 1.0
@@ -176,7 +177,7 @@ def build_app(manager: JobManager, *, output_dir: Path, models_dir: Path | None 
                     snapshot.paused]
 
         live_outputs = [progress, loss_plot, previews, messages, queue_table, history_table, paused]
-        gr.Timer(POLL_SECONDS).tick(refresh, log_scale, live_outputs, show_progress="hidden")
+        compat.poll(app, POLL_SECONDS, refresh, log_scale, live_outputs)
         app.load(refresh, log_scale, live_outputs)
         app.load(form.visibility_updates, mode_box, visibility_outputs)
         app.load(lambda: gr.update(choices=[p.name for p in loss_logs(logs_folder(output_dir))]), None, csv_choice)

@@ -13,6 +13,7 @@ import gradio as gr
 
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
+from traintrain.ui import compat
 from traintrain.ui.fields import FieldSpec, Widget, field_specs, second_pass_specs, visible_fields
 
 SECOND_PASS_KEY = "2nd pass"
@@ -93,9 +94,9 @@ class TrainingForm:
         updates = []
         for spec in self.specs:
             if error is not None and error.field == spec.name:
-                updates.append(gr.update(info=f"⚠ {error.message}", elem_classes=[ERROR_CLASS]))
+                updates.append(compat.update(info=f"⚠ {error.message}", elem_classes=[ERROR_CLASS]))
             else:
-                updates.append(gr.update(info=spec.help, elem_classes=[]))
+                updates.append(compat.update(info=spec.help, elem_classes=[]))
         return updates
 
 

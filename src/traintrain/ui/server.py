@@ -65,11 +65,12 @@ def serve(options: ServeOptions, *, block: bool = True):
     os.environ["GRADIO_TEMP_DIR"] = str(output_dir / ".gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from traintrain.jobs.manager import JobManager
+    from traintrain.ui import compat
     from traintrain.ui.app import build_app
 
     manager = JobManager(output_dir)
     app = build_app(manager, output_dir=output_dir, models_dir=options.models_dir)
-    app.queue(default_concurrency_limit=4)
+    compat.enable_queue(app, 4)
     try:
         app.launch(
             server_name=ALL_INTERFACES if options.listen else LOCALHOST, server_port=options.port,
