@@ -167,3 +167,65 @@ def test_a_host_that_cannot_free_its_model_gets_its_lock_back(tmp_path):
     ended.start()
     ended.join()
     assert not lock.locked()
+
+
+RECORDING_LAUNCH = '''
+import json, os
+
+
+def is_installed(package):
+    raise AssertionError("install.py reads versions with importlib.metadata")
+
+
+def run_pip(command, desc=None, live=False):
+    with open(os.environ["RUN_PIP_LOG"], "a") as log:
+        log.write(json.dumps(command) + "\\n")
+'''
+
+
+def run_installer(python: Path, installer: Path, launch_dir: Path, log: Path) -> list[str]:
+    """As the host's `modules/launch_utils.py: run_extension_installer`: `python install.py`, launch importable."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(launch_dir), RUN_PIP_LOG=str(log))
+    subprocess.run([str(python), str(installer)], env=env, check=True, cwd=launch_dir, timeout=600)
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_install_leaves_a_developers_install_alone_and_installs_a_published_copys_package(tmp_path):
+    """launch.py: run_pip(command, desc): TrainTrain goes in with --no-deps; nothing else is asked for here,
+    where every requirement is met."""
+    launch_dir = tmp_path / "webui"
+    launch_dir.mkdir()
+    (launch_dir / "launch.py").write_text(RECORDING_LAUNCH)
+    assert run_installer(Path(sys.executable), EXTENSION / "install.py", launch_dir, tmp_path / "a.log") == []
+    published = tmp_path / "extensions" / "traintrain"
+    shutil.copytree(EXTENSION, published, ignore=shutil.ignore_patterns("data"))
+    (published / "package").mkdir()
+    for part in ("pyproject.toml", "src"):  # what a published copy carries: the package's source
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copyfile
+        copy(REPO / part, published / "package" / part)
+    commands = run_installer(Path(sys.executable), published / "install.py", launch_dir, tmp_path / "b.log")
+    assert commands == [f'install --no-deps "{published / "package"}"']
+
+
+@pytest.mark.slow
+def test_install_changes_none_of_forges_pins(tmp_path):
+    """install.py under Forge's pins (tests/host_envs.py), with a launch.run_pip that really runs pip: the
+    environment's `pip freeze` is the same before and after."""
+    from host_envs import host_python
+
+    python = host_python("forge")
+
+    def freeze() -> str:
+        import subprocess
+
+        return subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+
+    launch_dir = tmp_path / "webui"
+    launch_dir.mkdir()
+    shutil.copyfile(STANDIN / "launch.py", launch_dir / "launch.py")
+    before = freeze()
+    run_installer(python, EXTENSION / "install.py", launch_dir, tmp_path / "pip.log")
+    assert freeze() == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import sys
 import tempfile
@@ -82,10 +83,20 @@ def pins_except(name: str) -> str:
     return handle.name
 
 
+def installed_editable_from(source: Path) -> bool:
+    """A developer's `pip install -e` of this very source: it is up to date by itself, leave it."""
+    try:
+        found = json.loads(importlib.metadata.distribution(PACKAGE).read_text("direct_url.json") or "{}")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return bool(found.get("dir_info", {}).get("editable")) and found.get("url") == source.resolve().as_uri()
+
+
 def install_package(source: Path) -> None:
     stamp = EXTENSION_DIR / "data" / "installed.sha256"
     digest = source_digest(source)
-    if installed_version(PACKAGE) and stamp.is_file() and stamp.read_text().strip() == digest:
+    if installed_editable_from(source) or (
+            installed_version(PACKAGE) and stamp.is_file() and stamp.read_text().strip() == digest):
         return
     launch.run_pip(f'install --no-deps "{source}"', "TrainTrain")
     stamp.parent.mkdir(parents=True, exist_ok=True)
