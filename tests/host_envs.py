@@ -36,7 +36,16 @@ def host_python(name: str) -> Path:
         if not stamp.is_file() or stamp.read_text() != recipe_digest(name):
             _build(folder, PINS / f"{name}.txt")
             stamp.write_text(recipe_digest(name))
+        package_stamp = folder / ".package"
+        if not package_stamp.is_file() or package_stamp.read_text() != package_digest():
+            # The editable install's metadata (its requirements) is read from pyproject.toml when installed.
+            _run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT)])
+            package_stamp.write_text(package_digest())
     return folder / "bin" / "python"
+
+
+def package_digest() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
 
 
 def pins(name: str) -> dict[str, str]:
