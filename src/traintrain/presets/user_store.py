@@ -6,7 +6,6 @@ not take a shipped one's name, so "LoRA" always means the shipped LoRA preset.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from traintrain.config import TrainConfig
@@ -76,7 +75,3 @@ class PresetStore:
             return check_plain_name(name, "preset name")
         except UserError as error:
             raise UserError(error.problem, error.fix, field=PRESET_FIELD) from None
-
-
-def settings_text(config: TrainConfig) -> str:
-    return json.dumps(config.to_json_dict(), indent=2, ensure_ascii=False)

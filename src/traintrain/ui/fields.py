@@ -83,10 +83,6 @@ def second_pass_specs() -> tuple[FieldSpec, ...]:
     )
 
 
-def modes() -> list[str]:
-    return mode_names()
-
-
 def _widget(name: str, kind, meta) -> tuple[Widget, tuple[str, ...]]:
     if name == "mode":
         return Widget.CHOICE, tuple(mode_names())
