@@ -143,6 +143,11 @@ def wait_for_text(page, element_id: str, pattern: str, timeout: float = 180) -> 
 
 
 def history_row(page, job_id: str, status: str, timeout: float = 180) -> None:
+    """Wait until the job's own row of the History table shows the status (another row's is not it).
+
+    The table's text is its cells one per line (gradio 6) or tab-separated: id, name, mode, status.
+    """
     page.get_by_role("tab", name="History").click()
-    wait_for_text(page, "tt-history", rf"{job_id}[\s\S]*?{status}", timeout)
+    cell = r"[\t\n]+[^\t\n]*"
+    wait_for_text(page, "tt-history", rf"{job_id}{cell}{cell}[\t\n]+{status}\b", timeout)
     page.get_by_role("tab", name="Train").click()
