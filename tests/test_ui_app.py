@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import gradio as gr
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,6 +16,8 @@ from traintrain.config import TrainConfig
 from traintrain.demo import write_demo_images
 from traintrain.jobs.runner import run_job
 from traintrain.models.tiny import write_tiny_model
+from traintrain.training.loss_history import LossLog
+from traintrain.ui.app import _loss_frame
 from ui_browser import (
     browser_page,
     click_and_read,
@@ -22,6 +25,7 @@ from ui_browser import (
     free_port,
     history_row,
     job_id_in,
+    line_colours,
     load_preset,
     open_app,
     require_browser,
@@ -68,6 +72,7 @@ def test_train_a_lora_from_the_shipped_preset(app, tmp_path):
         history_row(page, job, "done")
         page.get_by_role("tab", name="Plot").click()
         assert "3 points" in click_and_read(page, "Plot", "tt-plot-status", expect="points")
+        assert len(line_colours(page, "tt-plot-loss")) == 2 and all(line_colours(page, "tt-plot-loss"))
     assert (world / "out" / "first.safetensors").is_file()
     first = next(entry for entry in manager.snapshot().history if entry.id == job)
     config = TrainConfig.from_json_dict(first.settings)  # what the form sent
@@ -110,6 +115,8 @@ def test_stop_and_save_then_resume_ends_as_an_uninterrupted_run(app, tmp_path):
                  name="stopped", iterations=40, train_seed=11)
         job = job_id_in(click_and_read(page, "Start Training", expect="started"))
         wait_for_text(page, "tt-progress", r"step ([3-9]|\d\d) / 40")
+        colours = line_colours(page, "tt-loss-plot")
+        assert len(colours) == 2 and all(colours) and colours[0] != colours[1], colours  # raw and average
         click_and_read(page, "Stop and Save", expect="Stopping")
         history_row(page, job, "stopped")
         saved = sorted((world / "out").glob("stopped_*steps.safetensors"))
@@ -231,3 +238,13 @@ def test_files_outside_the_output_folder_are_not_served(app):
         except urllib.error.HTTPError as error:
             status = error.code
         assert status in (403, 404), path
+
+
+def test_the_loss_plot_colours_by_series_from_a_jobs_first_empty_frame():
+    """The page keeps the first frame's colour scale: series must be nominal before any step."""
+    plot = gr.LinePlot(x="step", y="loss", color="series")
+    for steps in ([], [1, 2]):
+        log = LossLog(steps=steps, loss=[0.5] * len(steps), loss_average=[None] * len(steps),
+                      learning_rate=[1e-4] * len(steps))
+        sent = plot.postprocess(_loss_frame(log, log_axis=False))
+        assert sent.datatypes == {"step": "quantitative", "loss": "quantitative", "series": "nominal"}

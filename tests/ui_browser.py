@@ -151,3 +151,12 @@ def history_row(page, job_id: str, status: str, timeout: float = 180) -> None:
     cell = r"[\t\n]+[^\t\n]*"
     wait_for_text(page, "tt-history", rf"{job_id}{cell}{cell}[\t\n]+{status}\b", timeout)
     page.get_by_role("tab", name="Train").click()
+
+
+def line_colours(page, element_id: str, timeout: float = 30) -> list[str]:
+    """The stroke colours of a LinePlot's drawn lines, once it has some (a line without one is invisible)."""
+    lines = page.locator(f'#{element_id} path[aria-roledescription="line mark"]')
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and lines.count() == 0:
+        page.wait_for_timeout(250)
+    return [lines.nth(i).get_attribute("stroke") or "" for i in range(lines.count())]

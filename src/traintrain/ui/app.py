@@ -280,7 +280,10 @@ def _running_outputs(snapshot: ManagerSnapshot, log_axis: bool) -> list:
     log = LossLog(steps=[p.step for p in view.series], loss=[p.loss for p in view.series],
                   loss_average=[p.average for p in view.series], learning_rate=[p.learning_rate for p in view.series])
     text = "\n".join(f"[{m.level}] {m.text}" for m in view.messages[-200:])
-    return [" · ".join(parts) + "\n\n" + bar, _loss_frame(downsample(log, PLOT_POINTS), log_axis),
+    # No frame before the first step: the page takes the colours' domain from the first frame it
+    # draws and keeps it, so an empty one would leave every later line without a colour.
+    plot = _loss_frame(downsample(log, PLOT_POINTS), log_axis) if log.steps else None
+    return [" · ".join(parts) + "\n\n" + bar, plot,
             _existing(view.previews), text]
 
 
@@ -291,7 +294,8 @@ def _loss_frame(log: LossLog, log_axis: bool) -> pd.DataFrame:
 
     rows = {"step": log.steps * 2, "loss": scale(log.loss) + scale(log.loss_average),
             "series": ["loss"] * len(log.steps) + ["average"] * len(log.steps)}
-    return pd.DataFrame(rows)
+    # Typed even when empty: an untyped empty column would make "series" a number (a colour gradient).
+    return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
 def _queue_rows(snapshot: ManagerSnapshot) -> pd.DataFrame:
