@@ -32,11 +32,15 @@ lint: $(STAMP)
 host-envs: $(STAMP)
 	cd tests && ../$(PY) -c 'import host_envs; [host_envs.host_python(h) for h in host_envs.HOSTS]'
 
+# One test worker per core (tests/conftest.py gives each one CPU thread); a file stays on one worker,
+# so its module fixtures (a trained model, a served app) are built once.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadfile --durations=15
+
 test: lint browser
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) .host-envs demo_output output
