@@ -131,8 +131,10 @@ def test_stop_and_save_then_resume_ends_bit_identical_to_an_uninterrupted_run(ro
 @pytest.mark.slow
 def test_bad_input_a_killed_worker_and_cancel_end_their_jobs_and_the_manager_goes_on(root, manager, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
-    bad = manager.enqueue(tiny_job(root, save_lora_name="bad", model=str(tmp_path / "bad.safetensors")))
-    killed = manager.enqueue(tiny_job(root, save_lora_name="killed", **LONG))
+    bad = manager.start(tiny_job(root, save_lora_name="bad", model=str(tmp_path / "bad.safetensors")))
+    wait_for(lambda: manager.queue.get(bad.id).status is JobStatus.FAILED)
+    # At once, as a page that shows the failure lets a user do: its exiting worker is not "training".
+    killed = manager.start(tiny_job(root, save_lora_name="killed", **LONG))
     wait_for(lambda: manager.queue.get(killed.id).status is JobStatus.RUNNING and running_step(manager) >= 1)
     failed = manager.queue.get(bad.id)
     assert failed.status is JobStatus.FAILED and failed.error.field == "model"

@@ -10,7 +10,7 @@ import sys
 import gradio as gr
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from traintrain.config import TrainConfig
 from traintrain.demo import write_demo_images
@@ -30,6 +30,7 @@ from ui_browser import (
     open_app,
     require_browser,
     set_field,
+    type_free_value,
     wait_for_port,
     wait_for_text,
 )
@@ -147,9 +148,22 @@ def test_an_empty_data_folder_is_shown_at_its_field_and_the_app_goes_on(app, tmp
         words = status.split(": ", 1)[1].strip()
         assert "no images" in words.lower() or "no image" in words.lower(), words
         assert words[:40] in field_info
+        # A model file that is a LoRA passes the form's checks and fails in the job's worker: the
+        # page still says so in the status line and marks the field.
+        lora = world / "models" / "a_lora.safetensors"
+        save_file({"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.zeros(2, 32),
+                   "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(32, 2)}, str(lora))
         set_field(page, "lora_data_directory", str(world / "images"))
+        type_free_value(page, "tt-model", str(lora))
+        failed = job_id_in(click_and_read(page, "Start Training", expect="started"))
+        status = wait_for_text(page, "tt-status", rf"{failed}[\s\S]*failed")
+        assert "model" in status and "not a model" in status, status
+        assert "not a model" in page.locator("#tt-model").inner_text()
+        history_row(page, failed, "failed")
+        type_free_value(page, "tt-model", str(world / "models" / "tiny.safetensors"))
         set_field(page, "save_lora_name", "recovered")
         job = job_id_in(click_and_read(page, "Start Training", expect="started"))
+        assert "not a model" not in page.locator("#tt-model").inner_text()  # the mark is gone
         history_row(page, job, "done")
 
 

@@ -30,6 +30,7 @@ from traintrain.jobs.worker import STANDBY
 from traintrain.training.events import Event, Message, Reporter, ignore
 
 POLL_SECONDS = 0.5
+EXIT_GRACE_SECONDS = 10  # a worker that has recorded its outcome is only closing its files
 NOTICES_KEPT = 50
 
 
@@ -110,6 +111,7 @@ class JobManager:
     def start(self, config: TrainConfig, *, tokenizer_dir: str | None = None) -> QueueEntry:
         """Train this job now; while another trains, a UserError offers the queue."""
         with self._lock:
+            self._forget_ended_worker(recorded_is_enough=True)
             running = self._running_entry()
             if running is not None:
                 raise UserError(f"job {running.id} ({running.name}) is training",
@@ -249,12 +251,8 @@ class JobManager:
     def _tick(self) -> None:
         with self._lock:
             self._follow_log()
-            worker = self._worker
-            if worker is not None:
-                ended = worker.process.poll() is not None if worker.process else not process_alive(
-                    worker.pid, worker.entry.pid_token)
-                if ended:
-                    self._worker_ended()
+            if self._worker is not None:
+                self._forget_ended_worker()
                 return
             running = self.queue.state().running()
             if running is not None:  # left by an earlier manager: follow it while it finishes
@@ -267,6 +265,25 @@ class JobManager:
             state = self.queue.state()
             if self._starting and not state.paused and state.queued():
                 self._launch(state.queued()[0])
+
+    def _forget_ended_worker(self, *, recorded_is_enough: bool = False) -> None:
+        """Let go of the worker once its job has ended. `recorded_is_enough`: a job whose outcome is
+        already in the queue file counts as ended while its process exits (a page shows the outcome
+        from the file, so Start must not call that job still training)."""
+        worker = self._worker
+        if worker is None:
+            return
+        ended = worker.process.poll() is not None if worker.process else not process_alive(
+            worker.pid, worker.entry.pid_token)
+        if not ended and recorded_is_enough and worker.process is not None \
+                and self.queue.get(worker.entry.id).status is not JobStatus.RUNNING:
+            try:
+                worker.process.wait(EXIT_GRACE_SECONDS)
+                ended = True
+            except subprocess.TimeoutExpired:
+                pass
+        if ended:
+            self._worker_ended()
 
     def _launch(self, entry: QueueEntry) -> None:
         entry = self.queue.mark_running(entry.id)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from traintrain.errors import UserError
 from traintrain.jobs.manager import JobManager, ManagerSnapshot
-from traintrain.jobs.queue import QueueEntry
+from traintrain.jobs.queue import JobStatus, QueueEntry
 from traintrain.models.discovery import list_models
 from traintrain.presets.user_store import PresetStore
 from traintrain.training.loss_history import LossLog, downsample, find_loss_log, logs_folder, loss_logs, read_loss_log
@@ -171,14 +171,29 @@ def build_app(manager: JobManager, *, output_dir: Path, models_dir: Path | None 
         cancel.click(lambda: "Cancelled: nothing was saved." if manager.cancel() else "No job is training.",
                      None, status)
 
-        def refresh(log_axis):
-            snapshot = manager.snapshot()
-            return [*_running_outputs(snapshot, log_axis), _queue_rows(snapshot), _history_rows(snapshot),
-                    snapshot.paused]
+        # Failed jobs this page has shown (None until its first poll: failures from before it opened
+        # are in the History tab, not announced again).
+        shown_failures = gr.State(None)
 
-        live_outputs = [progress, loss_plot, previews, messages, queue_table, history_table, paused]
-        compat.poll(app, POLL_SECONDS, refresh, log_scale, live_outputs)
-        app.load(refresh, log_scale, live_outputs)
+        def refresh(log_axis, shown):
+            snapshot = manager.snapshot()
+            failed = [entry for entry in snapshot.history if entry.status is JobStatus.FAILED]
+            new = [entry for entry in failed if shown is not None and entry.id not in shown]
+            if new:  # a job failed in its worker: its words in the status line, its field marked
+                entry = new[0]
+                where = f"**{entry.error.field}**: " if entry.error and entry.error.field else ""
+                words = entry.error.message if entry.error else "it stopped without a message"
+                failure = [f"⚠ Job **{entry.id}** ({entry.name}) failed: {where}{words}",
+                           *form.field_error_updates(entry.error)]
+            else:
+                failure = [gr.update() for _ in range(1 + len(field_outputs))]
+            return [*_running_outputs(snapshot, log_axis), _queue_rows(snapshot), _history_rows(snapshot),
+                    snapshot.paused, [entry.id for entry in failed], *failure]
+
+        live_outputs = [progress, loss_plot, previews, messages, queue_table, history_table, paused,
+                        shown_failures, status, *field_outputs]
+        compat.poll(app, POLL_SECONDS, refresh, [log_scale, shown_failures], live_outputs)
+        app.load(refresh, [log_scale, shown_failures], live_outputs)
         app.load(form.visibility_updates, mode_box, visibility_outputs)
         app.load(lambda: gr.update(choices=[p.name for p in loss_logs(logs_folder(output_dir))]), None, csv_choice)
         paused.input(lambda value: manager.pause(value), paused, None)

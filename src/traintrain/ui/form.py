@@ -13,6 +13,7 @@ import gradio as gr
 
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
+from traintrain.jobs.queue import JobError
 from traintrain.ui import compat
 from traintrain.ui.fields import FieldSpec, Widget, field_specs, second_pass_specs, visible_fields
 
@@ -89,7 +90,7 @@ class TrainingForm:
             gr.update(visible="use_2nd_pass_settings" in shown)
         ]
 
-    def field_error_updates(self, error: UserError | None) -> list[Any]:
+    def field_error_updates(self, error: UserError | JobError | None) -> list[Any]:
         """The error's words at its field (info line, marked), every other field back to its help."""
         updates = []
         for spec in self.specs:
