@@ -12,14 +12,14 @@ from traintrain.jobs.runner import resume_job, run_job
 from traintrain.models.loading import load_model
 from traintrain.modes.previews import MULTIPLIERS
 from traintrain.rendering import generate, labelled_grid, pipeline_from_components
-from traintrain.training.events import Message, Progress, Saved
+from traintrain.training.events import PREVIEW, Progress, Saved, Written
 
 PREVIEWS = dict(preview_prompts="tt, a red circle", preview_every_steps=2, preview_sampling_steps=2,
                 train_iterations=4, train_learning_rate=3e-2, train_batch_size=1)
 
 
 def preview_messages(events):
-    return [e.text for e in events if isinstance(e, Message) and e.text.startswith("previews: ")]
+    return [f"previews: {e.path}" for e in events if isinstance(e, Written) and e.kind == PREVIEW]
 
 
 def as_array(path):

@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from traintrain.training.events import Message, Progress, Saved
+from traintrain.training.events import Message, Progress, Saved, Written
 
 
 class ProgressPrinter:
@@ -46,3 +46,5 @@ class ProgressPrinter:
             tqdm.write(text, file=self.stream)
         elif isinstance(event, Saved):
             tqdm.write(f"saved {event.path} (step {event.step})", file=self.stream)
+        elif isinstance(event, Written):
+            tqdm.write(f"{event.kind}: {event.path}", file=self.stream)

@@ -16,11 +16,7 @@ from typing import NamedTuple
 
 from traintrain.fileio import LineAppender
 from traintrain.jobs.queue import JobError, JobFiles, JobStatus
-from traintrain.training.events import Event, Message, Progress, Saved
-
-# The core names two kinds of files in messages, not in events of their own:
-PREVIEW_PREFIX = "previews: "  # modes/previews.py, for each preview image it writes
-CSV_LOG_PREFIX = "CSV log: "  # training/run_logs.py, for each CSV log it opens
+from traintrain.training.events import PREVIEW, Event, Message, Progress, Saved, Written
 
 
 class LossPoint(NamedTuple):
@@ -32,13 +28,13 @@ class LossPoint(NamedTuple):
 
 def event_record(event: Event) -> dict:
     """A core event as one JSON-ready log record."""
-    kind = {Progress: "progress", Message: "message", Saved: "saved"}[type(event)]
+    kind = {Progress: "progress", Message: "message", Saved: "saved", Written: "written"}[type(event)]
     return {"event": kind, **dataclasses.asdict(event)}
 
 
 def record_event(record: dict) -> Event | None:
     """The core event a record holds (None for the worker's own "start" and "end" records)."""
-    kinds: dict[str, type] = {"progress": Progress, "message": Message, "saved": Saved}
+    kinds: dict[str, type] = {"progress": Progress, "message": Message, "saved": Saved, "written": Written}
     kind = kinds.get(record.get("event", ""))
     if kind is None:
         return None
@@ -102,9 +98,11 @@ class JobView:
             if isinstance(event, Progress):
                 self._progress(event)
             elif isinstance(event, Message):
-                self._message(event)
+                self.messages.append(event)
             elif isinstance(event, Saved) and event.path not in self.loras:
                 self.loras.append(event.path)
+            elif isinstance(event, Written):
+                (self.previews if event.kind == PREVIEW else self.logs).append(event.path)
 
     def _progress(self, event: Progress) -> None:
         if event.phase != self.phase:
@@ -119,12 +117,6 @@ class JobView:
         steps = event.step - self._first_step + 1
         self.steps_per_second = steps / event.elapsed if event.elapsed > 0 else 0.0
         self.series.append(LossPoint(event.step, event.loss, event.loss_average, event.learning_rate))
-
-    def _message(self, event: Message) -> None:
-        self.messages.append(event)
-        for prefix, files in ((PREVIEW_PREFIX, self.previews), (CSV_LOG_PREFIX, self.logs)):
-            if event.text.startswith(prefix):
-                files.append(event.text[len(prefix):])
 
     def copy(self) -> JobView:
         """A copy another thread may read while this one grows (the lists are copied, their items shared)."""

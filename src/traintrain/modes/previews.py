@@ -14,7 +14,7 @@ import torch
 from traintrain.fileio import atomic_path
 from traintrain.modes.registry import get_mode
 from traintrain.rendering import generate, labelled_grid, pipeline_from_components
-from traintrain.training.events import Message
+from traintrain.training.events import PREVIEW, Message, Written
 
 MULTIPLIERS = (-1.0, 0.0, 1.0)
 
@@ -52,5 +52,5 @@ def render_previews(config, components, network, copier, run, suffix: str = "") 
     grid = labelled_grid(columns, [f"LoRA x{m:+g}" for m in MULTIPLIERS])
     with atomic_path(target) as tmp:
         grid.save(tmp, format="PNG")
-    run.report(Message(f"previews: {target}"))
+    run.report(Written(str(target), PREVIEW))
     return target

@@ -30,7 +30,20 @@ class Saved:
     step: int
 
 
-Event = Progress | Message | Saved
+# The kinds of `Written` file.
+PREVIEW = "preview"
+CSV_LOG = "CSV log"
+
+
+@dataclass
+class Written:
+    """A file beside the LoRA that a face lists or shows as it appears: a preview image, a CSV log."""
+
+    path: str
+    kind: str  # PREVIEW or CSV_LOG
+
+
+Event = Progress | Message | Saved | Written
 Reporter = Callable[[Event], None]
 
 

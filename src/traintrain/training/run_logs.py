@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from traintrain.errors import UserError
 from traintrain.training.csv_log import CsvLog
-from traintrain.training.events import Event, Message, Progress, Reporter
+from traintrain.training.events import CSV_LOG, Event, Message, Progress, Reporter, Written
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -74,7 +74,7 @@ class RunLogs:
         if self.config.logging_save_csv:
             path = _unused(self.folder / f"{name}_{time.strftime('%Y%m%d-%H%M%S', self.clock)}.csv")
             self.csv = CsvLog(path, self._settings(event))
-            self.report(Message(f"CSV log: {path}"))
+            self.report(Written(str(path), CSV_LOG))
         if self.config.logging_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
