@@ -34,8 +34,10 @@ def run_in_this_process(queue, config):
 
 def test_a_job_runs_and_its_events_and_files_are_recorded(root, tmp_path):
     queue = JobQueue(tmp_path / "out")
-    entry = run_in_this_process(queue, tiny_job(root, save_lora_name="job", logging_save_csv=True))
+    entry = run_in_this_process(queue, tiny_job(root, save_lora_name="job", logging_save_csv=True,
+                                                preview_prompts="a red circle", preview_sampling_steps=2))
     out = queue.output_dir
+    assert entry.files.previews == [str(out / "job_preview.png")] and (out / "job_preview.png").is_file()
     assert entry.status is JobStatus.DONE and entry.error is None and entry.pid is None
     assert entry.files.loras == [str(out / "job.safetensors")] and entry.files.state is None
     assert len(entry.files.logs) == 1 and entry.files.logs[0].startswith(str(out / "logs" / "job_"))
@@ -45,7 +47,9 @@ def test_a_job_runs_and_its_events_and_files_are_recorded(root, tmp_path):
     assert {"event": "saved", "path": str(out / "job.safetensors"), "step": 3} in log
     view = read_view(entry.log)
     assert (view.status, view.step, view.total, [p.step for p in view.series]) == ("done", 3, 3, [1, 2, 3])
-    assert view.steps_per_second > 0 and view.loss == log[-3]["loss"]
+    last_progress = [r for r in log if r["event"] == "progress"][-1]
+    assert view.steps_per_second > 0 and view.loss == last_progress["loss"]
+    assert {"event": "written", "path": str(out / "job_preview.png"), "kind": "preview"} in log
 
 
 def test_a_failing_job_is_recorded_with_the_user_errors_words_and_field(root, tmp_path):
