@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -216,3 +217,35 @@ def test_queue_run_runs_the_queue_in_the_foreground_until_it_is_empty(root, tmp_
     assert f"job {first.id} (one) done: {queue.output_dir / 'one.safetensors'}" in captured.out
     assert f"job {failing.id} (two) failed: {queue.output_dir / 'two.safetensors'} already exists" in captured.out
     assert "LoRA" in captured.err and queue.state().queued() == []
+
+
+class GpuHeldByTheHost:
+    """Hooks whose before_job waits, as a Web-UI's GPU lock does while a txt2img runs."""
+
+    def __init__(self):
+        self.free = threading.Event()
+        self.calls = []
+
+    def before_job(self):
+        self.calls.append("before")
+        assert self.free.wait(120)
+
+    def after_job(self):
+        self.calls.append("after")
+
+
+def test_while_the_host_keeps_the_gpu_the_job_waits_and_the_manager_still_answers(root, tmp_path):
+    host = GpuHeldByTheHost()
+    with JobManager(tmp_path / "out", hooks=host, poll_seconds=0.1) as manager:
+        starting = threading.Thread(target=manager.start, args=(tiny_job(root, save_lora_name="waits"),))
+        starting.start()
+        wait_for(lambda: host.calls == ["before"])
+        began = time.monotonic()
+        waiting = manager.snapshot().running  # a page's poll is answered while Start waits for the GPU
+        assert time.monotonic() - began < 2 and waiting.entry.name == "waits" and waiting.view.step == 0
+        with pytest.raises(UserError, match="is training"):
+            manager.start(tiny_job(root, save_lora_name="other"))
+        host.free.set()
+        starting.join(60)
+        wait_for(lambda: manager.queue.get(waiting.entry.id).status is JobStatus.DONE)
+        wait_for(lambda: host.calls == ["before", "after"])

@@ -97,6 +97,7 @@ class JobManager:
         self.poll_seconds = poll_seconds
         self._lock = threading.RLock()
         self._worker: _Worker | None = None
+        self._launching: QueueEntry | None = None  # marked running, waiting for the host's GPU
         self._reader: EventLogReader | None = None
         self._starting = True  # False: the running job ends, no new one starts (a face is closing)
         self._closed = threading.Event()
@@ -116,9 +117,8 @@ class JobManager:
             if running is not None:
                 raise UserError(f"job {running.id} ({running.name}) is training",
                                 "add this job to the queue: it starts when the current one ends")
-            entry = self.queue.add(config, tokenizer_dir=tokenizer_dir, position=0)
-            self._launch(entry)
-        return entry
+            entry = self._claim(self.queue.add(config, tokenizer_dir=tokenizer_dir, position=0))
+        return self._launch(entry)
 
     def enqueue(self, config: TrainConfig, *, tokenizer_dir: str | None = None) -> QueueEntry:
         entry = self.queue.add(config, tokenizer_dir=tokenizer_dir)
@@ -249,11 +249,19 @@ class JobManager:
             self._wake.clear()
 
     def _tick(self) -> None:
+        claimed = self._next_job()
+        if claimed is not None:
+            self._launch(claimed)
+
+    def _next_job(self) -> QueueEntry | None:
+        """Follow the running job; when none runs, claim the next queued one for `_launch`."""
         with self._lock:
             self._follow_log()
+            if self._launching is not None:
+                return None
             if self._worker is not None:
                 self._forget_ended_worker()
-                return
+                return None
             running = self.queue.state().running()
             if running is not None:  # left by an earlier manager: follow it while it finishes
                 if process_alive(running.pid, running.pid_token) and running.pid:
@@ -261,10 +269,11 @@ class JobManager:
                     self._reader = EventLogReader(Path(running.log))
                 else:
                     self.queue.recover()
-                return
+                return None
             state = self.queue.state()
             if self._starting and not state.paused and state.queued():
-                self._launch(state.queued()[0])
+                return self._claim(state.queued()[0])
+            return None
 
     def _forget_ended_worker(self, *, recorded_is_enough: bool = False) -> None:
         """Let go of the worker once its job has ended. `recorded_is_enough`: a job whose outcome is
@@ -285,13 +294,29 @@ class JobManager:
         if ended:
             self._worker_ended()
 
-    def _launch(self, entry: QueueEntry) -> None:
+    def _claim(self, entry: QueueEntry) -> QueueEntry:
+        """Mark the job running and keep the manager for it until `_launch` has started its process."""
         entry = self.queue.mark_running(entry.id)
+        self._launching, self._reader = entry, EventLogReader(Path(entry.log))
+        return entry
+
+    def _launch(self, entry: QueueEntry) -> QueueEntry:
+        """Start a claimed job's process. The host's hooks run without the manager's lock: a Web-UI's
+        GPU lock can be held by a txt2img for minutes, and pages must go on polling meanwhile."""
         try:
             self.hooks.before_job()
         except Exception as error:
-            self.queue.finish(entry.id, JobStatus.FAILED, error=JobError(f"the host could not free the GPU: {error}"))
+            with self._lock:
+                self._launching = None
+                self.queue.finish(entry.id, JobStatus.FAILED,
+                                  error=JobError(f"the host could not free the GPU: {error}"))
             raise
+        with self._lock:
+            self._launching = None
+            self._spawn_worker(entry)
+        return entry
+
+    def _spawn_worker(self, entry: QueueEntry) -> None:
         try:
             self.queue.logs.mkdir(parents=True, exist_ok=True)
             output = open(self.queue.worker_output(entry.id), "ab")
@@ -304,7 +329,6 @@ class JobManager:
         self.queue.record_worker(entry.id, process.pid, token)
         entry.pid, entry.pid_token = process.pid, token
         self._worker = _Worker(entry, process, process.pid, output, hooked=True)
-        self._reader = EventLogReader(Path(entry.log))
         self._notice(Message(f"job {entry.id} ({entry.name}) started"))
         self._prepare_spare()
 
