@@ -44,6 +44,20 @@ def host_python(name: str) -> Path:
     return folder / "bin" / "python"
 
 
+def overlay_python(name: str, folder: Path) -> Path:
+    """A throw-away environment layered over host environment `name`: it sees every package there,
+    and what pip installs goes into `folder`, so a test may install without changing the shared one."""
+    base = host_python(name)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(folder)])
+    python = folder / "bin" / "python"
+    find = ["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+    host_site, own_site = (subprocess.run([str(p), *find], capture_output=True, text=True, check=True).stdout.strip()
+                           for p in (base, python))
+    # addsitedir also reads the host's own .pth files (TrainTrain's editable install is one).
+    Path(own_site, "host-env.pth").write_text(f"import site; site.addsitedir({host_site!r})\n")
+    return python
+
+
 def package_digest() -> str:
     return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
 

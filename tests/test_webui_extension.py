@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -211,21 +212,28 @@ def test_install_leaves_a_developers_install_alone_and_installs_a_published_copy
 
 
 @pytest.mark.slow
-def test_install_changes_none_of_forges_pins(tmp_path):
-    """install.py under Forge's pins (tests/host_envs.py), with a launch.run_pip that really runs pip: the
-    environment's `pip freeze` is the same before and after."""
-    from host_envs import host_python
+@pytest.mark.parametrize("host", ["forge", "a1111"])
+def test_install_keeps_every_package_of_the_hosts_at_its_version(host, tmp_path):
+    """install.py under each host's pins (tests/host_envs.py) with a launch.run_pip that really runs pip, in a
+    throw-away environment layered over the host's: what was there keeps its version, what TrainTrain
+    lacks is added (A1111 has no peft), and a second start asks pip for nothing."""
+    from host_envs import overlay_python
 
-    python = host_python("forge")
+    python = overlay_python(host, tmp_path / "env")
 
-    def freeze() -> str:
-        import subprocess
-
-        return subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    def versions() -> dict[str, str]:
+        listing = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True,
+                                 text=True, check=True).stdout
+        return {item["name"].lower(): item["version"] for item in json.loads(listing)}
 
     launch_dir = tmp_path / "webui"
     launch_dir.mkdir()
     shutil.copyfile(STANDIN / "launch.py", launch_dir / "launch.py")
-    before = freeze()
+    before = versions()
     run_installer(python, EXTENSION / "install.py", launch_dir, tmp_path / "pip.log")
-    assert freeze() == before
+    after = versions()
+    assert {name: after.get(name) for name in before} == before
+    if host == "a1111":
+        assert "peft" in set(after) - set(before)
+    (launch_dir / "launch.py").write_text(RECORDING_LAUNCH)
+    assert run_installer(python, EXTENSION / "install.py", launch_dir, tmp_path / "again.log") == []
