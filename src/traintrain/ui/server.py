@@ -67,9 +67,12 @@ def serve(options: ServeOptions, *, block: bool = True):
     from traintrain.jobs.manager import JobManager
     from traintrain.ui import compat
     from traintrain.ui.app import build_app
+    from traintrain.ui.host import StandaloneHost
 
-    manager = JobManager(output_dir)
-    app = build_app(manager, output_dir=output_dir, models_dir=options.models_dir)
+    # The folders and model list through the same interface a Web-UI host fills in; no GPU to share.
+    host = StandaloneHost(output_dir, options.models_dir)
+    manager = JobManager(host.data_dir, lora_dir=host.lora_dir)
+    app = build_app(manager, output_dir=host.data_dir, models=host.list_models)
     compat.enable_queue(app, 4)
     try:
         app.launch(
