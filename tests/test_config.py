@@ -118,6 +118,9 @@ def test_original_extension_presets_load():
     assert c.second_pass == {"network_rank": 4, "network_alpha": 4.0}  # only what differs
     second = c.for_second_pass()
     assert (second.network_rank, second.network_alpha, second.train_learning_rate) == (4, 4.0, 1e-4)
+    assert c.model_vae == ""  # the original's VAE dropdown "None": the model's own VAE
+    chosen = TrainConfig.from_json_dict({**legacy, "vae": "/models/VAE/vae-ft-mse-840000.safetensors"})
+    assert chosen.model_vae == "/models/VAE/vae-ft-mse-840000.safetensors"
 
 
 def test_shipped_presets():

@@ -308,18 +308,17 @@ LEGACY_KEYS = {
     "target prompt": "target_prompt",
     "negative prompt": "negative_prompt",
     "2nd pass": "second_pass",
+    "vae": "model_vae",
 }
-# Keys the original writes that have no effect here (their features are not part of TrainTrain).
-IGNORED_LEGACY_KEYS = {"vae"}
-# Number fields the original writes as "" when unset; "" there means the default.
-LEGACY_EMPTY_MEANS_DEFAULT = {"train_textencoder_learning_rate"}
+# Values the original writes for "not set" (its VAE dropdown's "None"): the default here.
+LEGACY_UNSET_VALUES = {"train_textencoder_learning_rate": ("",), "model_vae": ("", "None")}
 
 
 def _normalise_keys(data: dict, source: str) -> dict:
     values = {}
     for key, value in data.items():
         name = LEGACY_KEYS.get(key, key)
-        if name in IGNORED_LEGACY_KEYS or (name in LEGACY_EMPTY_MEANS_DEFAULT and value == ""):
+        if value in LEGACY_UNSET_VALUES.get(name, ()):
             continue
         _field_named(name, source=source)
         values[name] = value
