@@ -5,6 +5,7 @@ Screenshots of failing tests are kept under the test's own tmp folder (see `brow
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -68,6 +69,18 @@ def open_app(page, url: str) -> None:
     page.wait_for_timeout(500)  # the page's load events (field visibility, first poll)
 
 
+def open_tab(page, name: str) -> None:
+    """Click the tab of exactly this name ("Train" is not a host's "TrainTrain"): a role="tab" button on
+    gradio 4 and 6, a plain button of the tab bar on gradio 3."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    tab.or_(page.locator(".tab-nav > button").get_by_text(name, exact=True)).first.click()
+
+
+def element(page, element_id: str):
+    """The component of this elem_id (gradio 3 repeats a Markdown's id on its inner text: the outer one)."""
+    return page.locator(f"#{element_id}").first
+
+
 def field(page, element_id: str):
     """The input of a Gradio component (textbox, number, dropdown) by its elem_id."""
     return page.locator(f"#{element_id}").locator("input, textarea").first
@@ -86,7 +99,8 @@ def choose(page, element_id: str, value: str) -> None:
     box = field(page, element_id)
     box.click()
     box.fill(value)
-    page.get_by_role("option", name=value, exact=True).first.click()
+    option = page.get_by_role("option", name=value, exact=True)  # gradio 4 and 6; a plain list item on gradio 3
+    option.or_(page.locator(f'[data-testid="dropdown-option"][data-value={json.dumps(value)}]')).first.click()
 
 
 def type_free_value(page, element_id: str, value: str) -> None:
@@ -111,7 +125,7 @@ def fill_job(page, *, model: str, data: str, name: str, iterations: int, **extra
 
 def click_and_read(page, button: str, status_id: str = "tt-status", expect: str = "") -> str:
     """Click a button and return the status line it writes (waiting for `expect` in it)."""
-    status = page.locator(f"#{status_id}")
+    status = element(page, status_id)
     before = status.inner_text()
     page.get_by_role("button", name=button, exact=True).click()
     deadline = time.monotonic() + 60
@@ -131,7 +145,7 @@ def job_id_in(text: str) -> str:
 
 def wait_for_text(page, element_id: str, pattern: str, timeout: float = 180) -> str:
     """Wait until the element's text matches the regular expression (the page polls every second)."""
-    locator = page.locator(f"#{element_id}")
+    locator = element(page, element_id)
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
@@ -147,10 +161,10 @@ def history_row(page, job_id: str, status: str, timeout: float = 180) -> None:
 
     The table's text is its cells one per line (gradio 6) or tab-separated: id, name, mode, status.
     """
-    page.get_by_role("tab", name="History").click()
+    open_tab(page, "History")
     cell = r"[\t\n]+[^\t\n]*"
     wait_for_text(page, "tt-history", rf"{job_id}{cell}{cell}[\t\n]+{status}\b", timeout)
-    page.get_by_role("tab", name="Train").click()
+    open_tab(page, "Train")
 
 
 def line_colours(page, element_id: str, timeout: float = 30) -> list[str]:
