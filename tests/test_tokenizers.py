@@ -1,6 +1,7 @@
 """Tiny CLIP tokenizer, the offline tokenizer search order, and tokenizers built from CLIP's vocabulary."""
 
 import importlib.util
+import json
 import shutil
 
 import pytest
@@ -93,6 +94,19 @@ def test_saved_tokenizer_loads_back_from_vocab_and_merges_alone(tmp_path):
     [loaded] = find_tokenizers(Family.SD1, tmp_path / "model.safetensors", tokenizer_dir=folder)
     assert loaded("a red dog, in style").input_ids == build_tiny_tokenizer()("a red dog, in style").input_ids
     assert loaded.model_max_length == 77
+
+
+def test_a_tokenizer_json_this_tokenizers_cannot_read_falls_back_to_vocab_and_merges(tmp_path):
+    """As a folder saved by a newer `tokenizers` reads in A1111's environment (transformers 4.30)."""
+    folder = save_to(tmp_path / "tok")
+    newer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    newer["model"]["type"] = "FutureBPE"  # tokenizers: "data did not match any variant of untagged enum"
+    (folder / "tokenizer.json").write_text(json.dumps(newer), encoding="utf-8")
+    [loaded] = find_tokenizers(Family.SD1, tmp_path / "model.safetensors", tokenizer_dir=folder)
+    assert loaded("a red dog, in style").input_ids == build_tiny_tokenizer()("a red dog, in style").input_ids
+    (folder / "merges.txt").unlink()
+    with pytest.raises(UserError, match="cannot read the tokenizer"):
+        find_tokenizers(Family.SD1, tmp_path / "model.safetensors", tokenizer_dir=folder)
 
 
 def test_user_folder_beats_model_folder_and_cache(tmp_path):

@@ -11,6 +11,7 @@ import gzip
 import importlib.util
 import json
 import os
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -200,12 +201,32 @@ def _has_tokenizer_files(folder: Path) -> bool:
 
 
 def _load(folder: Path, **kwargs) -> CLIPTokenizer:
-    """Load offline; a folder without tokenizer_config.json would otherwise get no length limit."""
-    try:
-        return CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True, model_max_length=MAX_LENGTH,
+    """Load offline; a folder without tokenizer_config.json would otherwise get no length limit.
+
+    A tokenizer.json written by a newer `tokenizers` than the one installed (a folder saved today,
+    read in A1111's environment) is unreadable there; the classic vocab.json + merges.txt beside it
+    say the same, so they are read instead.
+    """
+    def read(source: Path) -> CLIPTokenizer:
+        return CLIPTokenizerFast.from_pretrained(str(source), local_files_only=True, model_max_length=MAX_LENGTH,
                                                  **kwargs)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{folder}: cannot read the tokenizer ({error}); replace vocab.json and merges.txt") from error
+
+    try:
+        return read(folder)
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
+        classic = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+        if classic and (folder / "tokenizer.json").is_file():
+            with tempfile.TemporaryDirectory() as without_json:  # the same folder minus tokenizer.json
+                for path in folder.iterdir():
+                    if path.is_file() and path.name != "tokenizer.json":
+                        shutil.copyfile(path, Path(without_json) / path.name)
+                try:
+                    return read(Path(without_json))
+                except (OSError, ValueError):
+                    pass
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{folder}: cannot read the tokenizer ({problem})",
+                        "replace vocab.json and merges.txt (or tokenizer.json) with the model's own") from error
 
 
 def _hf_hub_cache() -> Path:
