@@ -52,4 +52,4 @@ def test_the_app_renders_in_a_host_tab_and_the_page_is_served(host, tmp_path):
     served = probe(host, "serve", tmp_path)
     assert served["status"] == 200
     assert {"tt-start", "tt-stop", "tt-model", "tt-queue", "tt-loss-plot"} <= set(served["elem_ids"])
-    assert served["polls"], "the live progress must poll (a Timer, or every= on gradio 3)"
+    assert served["polls"], "the live progress must poll (a Timer, or on gradio 3 the page's poll button)"

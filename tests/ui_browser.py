@@ -163,7 +163,10 @@ def history_row(page, job_id: str, status: str, timeout: float = 180) -> None:
     """
     open_tab(page, "History")
     cell = r"[\t\n]+[^\t\n]*"
-    wait_for_text(page, "tt-history", rf"{job_id}{cell}{cell}[\t\n]+{status}\b", timeout)
+    row = rf"{job_id}{cell}{cell}[\t\n]+({status}|failed|cancelled)\b"  # a job that ended otherwise: at once
+    text = wait_for_text(page, "tt-history", row, timeout)
+    shown = re.search(row, text).group(1)  # type: ignore[union-attr]
+    assert shown == status, f"job {job_id} ended {shown}, not {status}: {text[:1000]!r}"
     open_tab(page, "Train")
 
 
