@@ -1,8 +1,11 @@
-"""Test-session settings: with `pytest -n 2` (the Makefile's), each worker uses one CPU thread.
+"""Test-session settings for `pytest -n auto --dist loadfile` (the Makefile's).
 
-Two workers on two cores then run side by side without fighting over threads, and subprocesses the
-tests start (job workers, the CLI) inherit the same setting, so bit-identical comparisons between a
-run here and one in a subprocess use the same thread count.
+Each worker uses one CPU thread: two workers on two cores run side by side without fighting over
+threads, and subprocesses the tests start (job workers, the CLI) inherit the same setting, so
+bit-identical comparisons between a run here and one in a subprocess use the same thread count.
+
+The longest files run first: workers take files in collection order, and a long file taken last
+leaves the other workers idle until it ends.
 """
 
 from __future__ import annotations
@@ -15,3 +18,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+
+# The files that take minutes (job workers, browsers, host environments), longest first.
+LONGEST_FIRST = ("test_ui_app.py", "test_manager.py", "test_host_pins.py", "test_atomic_kill.py", "test_ileco.py",
+                 "test_webui_extension.py", "test_host_browser.py", "test_demo.py", "test_difference.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the others stays

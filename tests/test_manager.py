@@ -242,7 +242,7 @@ def test_while_the_host_keeps_the_gpu_the_job_waits_and_the_manager_still_answer
         wait_for(lambda: host.calls == ["before"])
         began = time.monotonic()
         waiting = manager.snapshot().running  # a page's poll is answered while Start waits for the GPU
-        assert time.monotonic() - began < 2 and waiting.entry.name == "waits" and waiting.view.step == 0
+        assert time.monotonic() - began < 10 and waiting.entry.name == "waits" and waiting.view.step == 0
         with pytest.raises(UserError, match="is training"):
             manager.start(tiny_job(root, save_lora_name="other"))
         host.free.set()
