@@ -18,7 +18,7 @@ import pandas as pd
 
 from traintrain.errors import UserError
 from traintrain.jobs.manager import JobManager, ManagerSnapshot
-from traintrain.jobs.queue import JobStatus, QueueEntry
+from traintrain.jobs.queue import JobError, JobStatus, QueueEntry
 from traintrain.models.discovery import list_models
 from traintrain.presets.user_store import PresetStore
 from traintrain.training.loss_history import LossLog, downsample, find_loss_log, logs_folder, loss_logs, read_loss_log
@@ -181,10 +181,8 @@ def build_app(manager: JobManager, *, output_dir: Path, models_dir: Path | None 
             new = [entry for entry in failed if shown is not None and entry.id not in shown]
             if new:  # a job failed in its worker: its words in the status line, its field marked
                 entry = new[0]
-                where = f"**{entry.error.field}**: " if entry.error and entry.error.field else ""
-                words = entry.error.message if entry.error else "it stopped without a message"
-                failure = [f"⚠ Job **{entry.id}** ({entry.name}) failed: {where}{words}",
-                           *form.field_error_updates(entry.error)]
+                words = _error_text(entry.error) if entry.error else "it stopped without a message"
+                failure = [f"Job **{entry.id}** ({entry.name}) failed: {words}", *form.field_error_updates(entry.error)]
             else:
                 failure = [gr.update() for _ in range(1 + len(field_outputs))]
             return [*_running_outputs(snapshot, log_axis), _queue_rows(snapshot), _history_rows(snapshot),
@@ -343,7 +341,7 @@ def _existing(paths: list[str]) -> list[str]:
     return [path for path in paths if Path(path).is_file()]
 
 
-def _error_text(error: UserError) -> str:
+def _error_text(error: UserError | JobError) -> str:
     where = f"**{error.field}**: " if error.field else ""
     return f"⚠ {where}{error.message}"
 
