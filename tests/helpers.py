@@ -39,3 +39,11 @@ def unet_inputs(components, batch=1, size=16, seed=3):
     hidden = torch.randn(batch, 77, dim, generator=generator)
     timesteps = torch.tensor([500] * batch)
     return latents, timesteps, hidden
+
+
+def a1111_vae_state(vae) -> dict[str, torch.Tensor]:
+    """The LDM layout of A1111 VAE files such as vae-ft-mse-840000: no first_stage_model. prefix."""
+    from traintrain.models.ldm_convert import VAE_PREFIX, vae_to_ldm
+
+    ldm = vae_to_ldm(vae.state_dict(), vae.config)
+    return {key.removeprefix(VAE_PREFIX): value.contiguous() for key, value in ldm.items()}

@@ -90,6 +90,11 @@ class ProbeHost:
 
         return list_models(self.folder / "models")
 
+    def list_vaes(self) -> list[str]:
+        from traintrain.models.discovery import list_vaes
+
+        return list_vaes(self.folder / "models")
+
     def gpu_lock(self) -> AbstractContextManager:
         return self.lock
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import tiny_components
+from helpers import a1111_vae_state, tiny_components
 from job_helpers import tiny_job
 from traintrain.cli import main
 from traintrain.data.dataset import encode_distributions, image_to_tensor
@@ -23,7 +23,7 @@ from traintrain.models.external_vae import (
     use_external_vae,
 )
 from traintrain.models.families import Family
-from traintrain.models.ldm_convert import VAE_PREFIX, vae_to_ldm
+from traintrain.models.ldm_convert import VAE_PREFIX
 from traintrain.models.tiny import write_tiny_model
 from traintrain.training.events import Message
 
@@ -39,12 +39,6 @@ def fine_tune(vae, seed=1, scale=0.02):
     return tuned
 
 
-def a1111_state(vae):
-    """The LDM layout of A1111 VAE files such as vae-ft-mse-840000: no first_stage_model. prefix."""
-    ldm = vae_to_ldm(vae.state_dict(), vae.config)
-    return {key.removeprefix(VAE_PREFIX): value.contiguous() for key, value in ldm.items()}
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny SD1 job set-up (model seed 0) and a fine-tune of that model's VAE in every layout."""
@@ -52,7 +46,7 @@ def world(tmp_path_factory):
     tiny_job(root)  # writes root/tiny.safetensors (the seed-0 SD1 model) and root/images
     own = tiny_components(Family.SD1, seed=0).vae
     tuned = fine_tune(own)
-    state = a1111_state(tuned)
+    state = a1111_vae_state(tuned)
     files = {"a1111": root / "vae-ft.safetensors", "prefixed": root / "prefixed.safetensors",
              "ckpt": root / "vae.ckpt", "pt": root / "vae.pt", "diffusers-file": root / "diffusers.safetensors",
              "folder": root / "vae-folder"}
@@ -137,7 +131,7 @@ def test_the_probe_separates_a_fine_tune_from_another_familys_vae(seed, tmp_path
     assert channel_correlation(latents["tuned"], latents["sd1"]) > 0.95
     assert channel_correlation(latents["sd1"], latents["sdxl"]) < MIN_LATENT_CORRELATION - 0.3
     file = tmp_path / "sd1-vae.safetensors"  # a single file has no scaling_factor: only the probe can tell
-    save_file(a1111_state(tuned), str(file))
+    save_file(a1111_vae_state(tuned), str(file))
     with pytest.raises(UserError) as caught:
         check_latent_space(load_vae(file, Family.SDXL), sdxl, Family.SDXL, file)
     assert caught.value.field == "model_vae" and "an SD1/SD2 VAE" in caught.value.message

@@ -10,8 +10,10 @@ import sys
 import gradio as gr
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from helpers import a1111_vae_state, tiny_components
 from traintrain.config import TrainConfig
 from traintrain.demo import write_demo_images
 from traintrain.jobs.runner import run_job
@@ -20,6 +22,7 @@ from traintrain.training.loss_history import LossLog
 from traintrain.ui.app import _loss_frame
 from ui_browser import (
     browser_page,
+    choose,
     click_and_read,
     fill_job,
     free_port,
@@ -69,15 +72,22 @@ def test_train_a_lora_from_the_shipped_preset(app, tmp_path):
         fill_job(page, model=str(world / "models" / "tiny.safetensors"), data=str(world / "images"),
                  name="first", iterations=3)
         page.locator("#tt-logging-save-csv input").check()
+        vae = world / "models" / "VAE" / "tiny-vae.safetensors"  # added while the page is open
+        vae.parent.mkdir(exist_ok=True)
+        save_file(a1111_vae_state(tiny_components(seed=0).vae), str(vae))
+        page.get_by_role("button", name="Refresh VAEs").click()
+        choose(page, "tt-model-vae", str(vae))
         job = job_id_in(click_and_read(page, "Start Training", expect="started"))
         history_row(page, job, "done")
         page.get_by_role("tab", name="Plot").click()
         assert "3 points" in click_and_read(page, "Plot", "tt-plot-status", expect="points")
         assert len(line_colours(page, "tt-plot-loss")) == 2 and all(line_colours(page, "tt-plot-loss"))
-    assert (world / "out" / "first.safetensors").is_file()
+    with safe_open(str(world / "out" / "first.safetensors"), "pt") as saved:
+        assert saved.metadata()["ss_vae_name"] == "tiny-vae.safetensors"
     first = next(entry for entry in manager.snapshot().history if entry.id == job)
     config = TrainConfig.from_json_dict(first.settings)  # what the form sent
     assert config.train_iterations == 3 and config.image_size == [64, 64] and config.mode == "LoRA"
+    assert config.model_vae == str(vae)
 
 
 def test_a_job_added_while_one_trains_runs_after_it(app, tmp_path):

@@ -45,7 +45,7 @@ def test_a_preset_survives_the_form_round_trip(preset):
     from traintrain.ui.form import build_form
 
     with gr.Blocks():
-        form = build_form([])
+        form = build_form()
     config = load_preset(preset)
     again = form.config_from(*form.values_of(config))
     assert again.to_json_dict() == config.to_json_dict()
@@ -58,7 +58,7 @@ def test_a_bad_value_names_its_field():
     from traintrain.ui.form import build_form
 
     with gr.Blocks():
-        form = build_form([])
+        form = build_form()
     values = form.values_of(TrainConfig())
     values[list(form.components).index("network_rank")] = -3
     with pytest.raises(UserError) as caught:
@@ -67,3 +67,23 @@ def test_a_bad_value_names_its_field():
     updates = form.field_error_updates(caught.value)
     marked = updates[list(form.components).index("network_rank")]
     assert caught.value.message in marked["info"]
+
+
+def test_the_model_and_vae_pickers_list_the_hosts_files_and_take_a_bare_name_from_a_preset(tmp_path):
+    import gradio as gr
+
+    from traintrain.ui.form import build_form
+
+    vae = tmp_path / "VAE" / "vae-ft-mse-840000.safetensors"
+    lists = {"model": [str(tmp_path / "a.safetensors")], "model_vae": [str(vae)]}
+    with gr.Blocks():
+        form = build_form(lists)
+    for name, label in (("model", "Refresh models"), ("model_vae", "Refresh VAEs")):
+        assert form.components[name].choices[0][0] == lists[name][0]  # gradio 4+: (label, value) pairs
+        assert form.refresh_buttons[name].value == label
+    config = TrainConfig.from_json_dict({"vae": "vae-ft-mse-840000.safetensors"}, source="an original preset")
+    values = form.values_of(config, lists)
+    assert values[list(form.components).index("model_vae")] == str(vae)
+    cleared = form.values_of(TrainConfig(), lists)
+    cleared[list(form.components).index("model_vae")] = None  # the dropdown emptied
+    assert form.config_from(*cleared).model_vae == ""

@@ -6,7 +6,8 @@ Signatures follow AUTOMATIC1111 1.10 and Forge: `modules/script_callbacks.py: on
 unload_model_weights(sd_model=None, info=None) / reload_model_weights(sd_model=None, info=None,
 forced_reload=False)`, Forge `modules/sd_models.py: forge_model_reload()` and
 `backend/memory_management.py: unload_all_models()`, `modules/shared.py: cmd_opts.lora_dir / ckpt_dir`,
-`modules/paths.py: models_path`, `launch.py / modules/launch_utils.py: run_pip, is_installed`.
+`modules/paths.py: models_path`, `modules/sd_vae.py: refresh_vae_list / vae_dict`,
+`launch.py / modules/launch_utils.py: run_pip, is_installed`.
 The host loads `scripts/*.py` by file path as modules of unique names (`modules/script_loading.py:
 load_module`, with importlib.util.spec_from_file_location).
 """
@@ -100,6 +101,16 @@ def test_ckpt_dir_models_are_listed_too(webui, monkeypatch, tmp_path):
     shared.cmd_opts.ckpt_dir = str(extra)
     assert str(extra / "other.ckpt") in script.webui_host().list_models()
     shared.cmd_opts.ckpt_dir = None
+
+
+def test_the_vae_picker_lists_the_hosts_vae_folder_and_vaes_beside_checkpoints(webui, monkeypatch):
+    script = load_tab_script(webui, monkeypatch)
+    folder = webui / "models" / "VAE"
+    folder.mkdir()
+    files = [folder / "vae-ft-mse-840000.safetensors", webui / "models" / "Stable-diffusion" / "tiny.vae.pt"]
+    for path in files:
+        path.write_bytes(b"")
+    assert script.webui_host().list_vaes() == sorted(map(str, files))
 
 
 @pytest.mark.parametrize("forge, unload, reload", [

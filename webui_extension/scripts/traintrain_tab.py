@@ -1,7 +1,7 @@
 """The TrainTrain tab of AUTOMATIC1111's and Forge's Web-UI: the app of `traintrain ui` on the host's paths and GPU.
 
-The Web-UI loads this file as a script. It touches five things of the host: `script_callbacks.on_ui_tabs`,
-the checkpoint list of `sd_models`, `shared.cmd_opts.lora_dir` (with `paths.models_path`),
+The Web-UI loads this file as a script. It touches six things of the host: `script_callbacks.on_ui_tabs`,
+the checkpoint list of `sd_models`, the VAE list of `sd_vae`, `shared.cmd_opts.lora_dir` (with `paths.models_path`),
 `call_queue.queue_lock`, and the calls that free and reload the host's model (A1111:
 `sd_models.unload_model_weights` / `reload_model_weights`; Forge:
 `backend.memory_management.unload_all_models` / `sd_models.forge_model_reload`).
@@ -13,7 +13,7 @@ import importlib.util
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from modules import call_queue, paths, script_callbacks, sd_models, shared
+from modules import call_queue, paths, script_callbacks, sd_models, sd_vae, shared
 
 from traintrain.ui.host import build_host_app
 
@@ -34,6 +34,10 @@ class WebUIHost:
     def list_models(self) -> list[str]:
         sd_models.list_models()  # the host's own refresh: its Stable-diffusion folder and --ckpt-dir
         return sorted(info.filename for info in sd_models.checkpoints_list.values())
+
+    def list_vaes(self) -> list[str]:
+        sd_vae.refresh_vae_list()  # its VAE folder, --vae-dir and *.vae.* files beside the checkpoints
+        return sorted(sd_vae.vae_dict.values())
 
     def gpu_lock(self) -> AbstractContextManager:
         return call_queue.queue_lock

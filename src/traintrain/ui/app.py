@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -19,7 +20,6 @@ import pandas as pd
 from traintrain.errors import UserError
 from traintrain.jobs.manager import JobManager, ManagerSnapshot
 from traintrain.jobs.queue import JobError, JobStatus, QueueEntry
-from traintrain.models.discovery import list_models
 from traintrain.presets.user_store import PresetStore
 from traintrain.training.loss_history import LossLog, downsample, find_loss_log, logs_folder, loss_logs, read_loss_log
 from traintrain.ui import compat
@@ -32,12 +32,13 @@ HISTORY_COLUMNS = ["id", "name", "mode", "status", "duration", "result", "error"
 UPLOADS = "uploads"
 
 
-def build_app(manager: JobManager, *, output_dir: Path, models_dir: Path | None = None,
-              models: Callable[[], list[str]] | None = None, title: str = "TrainTrain") -> gr.Blocks:
-    """The app's Blocks, unlaunched (the Web-UI extension renders the same Blocks in its tab)."""
+def build_app(manager: JobManager, *, output_dir: Path, lists: Callable[[], dict[str, list[str]]] | None = None,
+              title: str = "TrainTrain") -> gr.Blocks:
+    """The app's Blocks, unlaunched (the Web-UI extension renders the same Blocks in its tab); `lists`
+    gives the host's models and VAEs (see `host.picker_lists`)."""
     output_dir = Path(output_dir)
     presets = PresetStore(output_dir / "presets")
-    list_choices = models or (lambda: list_models(models_dir))
+    list_choices = lists or dict
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         with gr.Tab("Train", id="tt-tab-train"):
             with gr.Row():
@@ -112,14 +113,18 @@ def build_app(manager: JobManager, *, output_dir: Path, models_dir: Path | None 
         mode_box = form.components["mode"]
         visibility_outputs = [*form.components.values(), form.second_pass_panel]
         mode_box.change(form.visibility_updates, mode_box, visibility_outputs)
-        form.model_refresh.click(lambda: gr.update(choices=list_choices()), None, form.components["model"])
+        def refresher(name: str) -> Callable[[], Any]:
+            return lambda: gr.update(choices=list_choices().get(name, []))
+
+        for name, button in form.refresh_buttons.items():
+            button.click(refresher(name), None, form.components[name])
 
         def load_named_preset(name):
             try:
                 config = presets.load(name)
             except UserError as error:
                 return [_error_text(error), *[gr.update() for _ in form_outputs]]
-            return [f"Loaded preset **{name}**.", *form.values_of(config)]
+            return [f"Loaded preset **{name}**.", *form.values_of(config, list_choices())]
 
         load_preset.click(load_named_preset, preset, [preset_status, *form_outputs])
 
@@ -147,7 +152,7 @@ def build_app(manager: JobManager, *, output_dir: Path, models_dir: Path | None 
             except UserError as error:
                 return [_error_text(error), gr.update(), *[gr.update() for _ in form_outputs]]
             return [f"Imported preset **{name}**.", gr.update(choices=presets.names(), value=name),
-                    *form.values_of(config)]
+                    *form.values_of(config, list_choices())]
 
         import_preset.upload(import_settings, [import_preset, overwrite], [preset_status, preset, *form_outputs])
 
@@ -228,7 +233,8 @@ def build_app(manager: JobManager, *, output_dir: Path, models_dir: Path | None 
                 config = manager.queue.get(identifier.strip()).config()
             except UserError as error:
                 return [_error_text(error), *[gr.update() for _ in form_outputs]]
-            return [f"Settings of job {identifier.strip()} are in the form (Train tab).", *form.values_of(config)]
+            return [f"Settings of job {identifier.strip()} are in the form (Train tab).",
+                    *form.values_of(config, list_choices())]
 
         to_form.click(settings_to_form, job_id, [queue_status, *form_outputs])
         history_to_form.click(settings_to_form, history_id, [history_status, *form_outputs])

@@ -14,6 +14,7 @@ import gradio as gr
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.jobs.queue import JobError
+from traintrain.models.discovery import resolve_listed
 from traintrain.ui import compat
 from traintrain.ui.fields import FieldSpec, Widget, field_specs, second_pass_specs, visible_fields
 
@@ -21,6 +22,8 @@ SECOND_PASS_KEY = "2nd pass"
 SECOND_PASS_PREFIX = "pass2-"
 ERROR_CLASS = "tt-field-error"
 COLUMNS = 3
+# Fields picked from the host's lists (a free path typed in is taken too), each with a refresh button.
+PICKED_FIELDS = {"model": "Refresh models", "model_vae": "Refresh VAEs"}
 
 
 def element_id(name: str, prefix: str = "") -> str:
@@ -43,6 +46,8 @@ def from_widget(spec: FieldSpec, value: Any) -> Any:
     """A widget's value as the config reads it (the config checks it)."""
     if spec.widget is Widget.INTEGER and isinstance(value, float) and value.is_integer():
         return int(value)
+    if spec.widget is Widget.TEXT and value is None:  # a cleared dropdown
+        return ""
     return value
 
 
@@ -53,7 +58,7 @@ class TrainingForm:
     components: dict[str, Any] = field(default_factory=dict)
     second_pass: dict[str, Any] = field(default_factory=dict)
     second_pass_panel: Any = None
-    model_refresh: Any = None
+    refresh_buttons: dict[str, Any] = field(default_factory=dict)  # per PICKED_FIELDS name
 
     @property
     def specs(self) -> list[FieldSpec]:
@@ -75,9 +80,14 @@ class TrainingForm:
             }
         return TrainConfig.from_json_dict(settings, source="the form")
 
-    def values_of(self, config: TrainConfig) -> list[Any]:
-        """Widget values for `inputs` from a config; the 2nd pass shows pass 1's value where it differs not."""
+    def values_of(self, config: TrainConfig, lists: dict[str, list[str]] | None = None) -> list[Any]:
+        """Widget values for `inputs` from a config; the 2nd pass shows pass 1's value where it differs not.
+
+        A picked field's bare file name (the original's presets save the VAE dropdown's name) becomes
+        the listed path of that name, from `lists` (field name -> the host's list)."""
         first = config.to_json_dict()
+        for name, listed in (lists or {}).items():
+            first[name] = resolve_listed(first[name], listed)
         second = {**first, **first.get(SECOND_PASS_KEY, {})}
         return [to_widget(spec, first[spec.name]) for spec in self.specs] + [
             to_widget(spec, second[spec.name]) for spec in second_pass_specs()
@@ -101,8 +111,10 @@ class TrainingForm:
         return updates
 
 
-def build_form(models: list[str]) -> TrainingForm:
-    """Create the form's components inside the current Blocks context."""
+def build_form(lists: dict[str, list[str]] | None = None) -> TrainingForm:
+    """Create the form's components inside the current Blocks context; `lists` gives the choices of
+    PICKED_FIELDS (field name -> the host's list of paths)."""
+    lists = lists or {}
     form = TrainingForm()
     specs = {spec.name: spec for spec in field_specs()}
     groups = {"inputs": "Inputs", "mandatory": "Mandatory parameters", "optional": "Optional parameters"}
@@ -113,23 +125,25 @@ def build_form(models: list[str]) -> TrainingForm:
             for start in range(0, len(group_specs), per_column):
                 with gr.Column(min_width=260):
                     for spec in group_specs[start : start + per_column]:
-                        form.components[spec.name] = _component(spec, models)
-                        if spec.name == "model":
-                            form.model_refresh = gr.Button("Refresh models", size="sm", elem_id="tt-model-refresh")
+                        form.components[spec.name] = _component(spec, lists)
+                        if spec.name in PICKED_FIELDS:
+                            form.refresh_buttons[spec.name] = gr.Button(
+                                PICKED_FIELDS[spec.name], size="sm", elem_id=f"{element_id(spec.name)}-refresh"
+                            )
     with gr.Accordion("2nd pass (Difference)", open=False, visible=False, elem_id="tt-group-second-pass") as panel:
         gr.Markdown("Used when use_2nd_pass_settings is ticked: the difference pass trains with these.")
         with gr.Row():
             for spec in second_pass_specs():
-                form.second_pass[spec.name] = _component(spec, models, prefix=SECOND_PASS_PREFIX)
+                form.second_pass[spec.name] = _component(spec, lists, prefix=SECOND_PASS_PREFIX)
     form.second_pass_panel = panel
     return form
 
 
-def _component(spec: FieldSpec, models: list[str], prefix: str = ""):
+def _component(spec: FieldSpec, lists: dict[str, list[str]], prefix: str = ""):
     common: dict[str, Any] = dict(label=spec.label, info=spec.help, elem_id=element_id(spec.name, prefix))
     value = to_widget(spec, spec.default)
-    if spec.name == "model":
-        return gr.Dropdown(choices=models, value=None, allow_custom_value=True, **common)
+    if spec.name in PICKED_FIELDS:
+        return gr.Dropdown(choices=lists.get(spec.name, []), value=value or None, allow_custom_value=True, **common)
     if spec.widget is Widget.CHECKBOX:
         return gr.Checkbox(value=value, **common)
     if spec.widget in (Widget.CHOICE, Widget.AUTO_BOOL):

@@ -1,6 +1,6 @@
 """The one interface between the app and whatever hosts it: standalone, or a Web-UI's tab.
 
-A host says which checkpoints the model picker lists, where the LoRA files go, where the app keeps
+A host says which checkpoints and VAEs the pickers list, where the LoRA files go, where the app keeps
 its presets, queue and logs, and how to share the GPU: a lock held for a whole job and the host's
 own model freed before it and loaded again after. The Web-UI extension
 (`webui_extension/scripts/traintrain_tab.py`) implements it over the Web-UI's functions; the app
@@ -10,20 +10,26 @@ itself knows nothing of any host.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from traintrain.jobs.manager import JobManager
-from traintrain.models.discovery import list_models
+from traintrain.models.discovery import list_models, list_vaes
 
 
 class Host(Protocol):
-    lora_dir: Path  # the LoRA files
-    data_dir: Path  # presets, the queue, logs, uploads
+    @property
+    def lora_dir(self) -> Path: ...  # the LoRA files
+
+    @property
+    def data_dir(self) -> Path: ...  # presets, the queue, logs, uploads
 
     def list_models(self) -> list[str]: ...
+
+    def list_vaes(self) -> list[str]: ...
 
     def gpu_lock(self) -> AbstractContextManager: ...
 
@@ -34,7 +40,7 @@ class Host(Protocol):
 
 @dataclass
 class StandaloneHost:
-    """`traintrain ui`: the models folder's checkpoints, everything in the output folder, no GPU sharing."""
+    """`traintrain ui`: the models folder's checkpoints and VAEs, everything in the output folder, no GPU sharing."""
 
     output_dir: Path
     models_dir: Path | None = None
@@ -49,6 +55,9 @@ class StandaloneHost:
 
     def list_models(self) -> list[str]:
         return list_models(self.models_dir)
+
+    def list_vaes(self) -> list[str]:
+        return list_vaes(self.models_dir)
 
     def gpu_lock(self) -> AbstractContextManager:
         return nullcontext()
@@ -126,8 +135,13 @@ def host_manager(host: Host) -> JobManager:
         return manager
 
 
+def picker_lists(host: Host) -> Callable[[], dict[str, list[str]]]:
+    """The form's picked fields and the host's lists for them, read again at each call (refresh)."""
+    return lambda: {"model": host.list_models(), "model_vae": host.list_vaes()}
+
+
 def build_host_app(host: Host):
     """The same Blocks as `traintrain ui`, unlaunched, on the host's folders, models and GPU."""
     from traintrain.ui.app import build_app
 
-    return build_app(host_manager(host), output_dir=Path(host.data_dir), models=host.list_models)
+    return build_app(host_manager(host), output_dir=Path(host.data_dir), lists=picker_lists(host))

@@ -67,12 +67,12 @@ def serve(options: ServeOptions, *, block: bool = True):
     from traintrain.jobs.manager import JobManager
     from traintrain.ui import compat
     from traintrain.ui.app import build_app
-    from traintrain.ui.host import StandaloneHost
+    from traintrain.ui.host import StandaloneHost, picker_lists
 
     # The folders and model list through the same interface a Web-UI host fills in; no GPU to share.
     host = StandaloneHost(output_dir, options.models_dir)
     manager = JobManager(host.data_dir, lora_dir=host.lora_dir)
-    app = build_app(manager, output_dir=host.data_dir, models=host.list_models)
+    app = build_app(manager, output_dir=host.data_dir, lists=picker_lists(host))
     compat.enable_queue(app, 4)
     try:
         app.launch(
