@@ -40,7 +40,7 @@ def held_out_distance(config, lora_path, target_prompt):
     network.load_tensors(load_lora(lora_path)[0])
     network.apply()
     generator = torch.Generator().manual_seed(999)
-    latents = ileco_latent(config.with_values(train_batch_size=4), generator)
+    latents = ileco_latent(config.with_values(train_batch_size=4), components, generator)
     assert latents.shape[-2:] == (8, 12)  # image_size is height,width: 64x96 -> 8x12 latents
     cond = encode_prompts(components, [config.original_prompt, target_prompt])
     original = cond.hidden[:1].expand(4, -1, -1)

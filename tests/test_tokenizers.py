@@ -11,7 +11,7 @@ from traintrain.models import tokenizers as tokenizers_module
 from traintrain.models.encoding import chunk_token_ids, encode_prompts
 from traintrain.models.families import Family
 from traintrain.models.loading import load_model
-from traintrain.models.tiny import _tiny_text_encoder, build_tiny_components, write_tiny_model
+from traintrain.models.tiny import tiny_text_encoder, build_tiny_components, write_tiny_model
 from traintrain.models.tokenizers import (
     build_clip_tokenizers,
     build_tiny_tokenizer,
@@ -262,7 +262,7 @@ def write_bare_checkpoint(family, path):
     """A tiny single file whose text encoders have CLIP's 49408 embedding rows, with no tokenizer beside it."""
     tokenizers = build_clip_tokenizers(family, clip_vocabulary())
     components = build_tiny_components(family)
-    components.text_encoders = [_tiny_text_encoder(family, i, t) for i, t in enumerate(tokenizers)]
+    components.text_encoders = [tiny_text_encoder(family, i, t) for i, t in enumerate(tokenizers)]
     components.tokenizers = tokenizers
     write_tiny_model(family, "single-file", path, components=components)
     shutil.rmtree(path.with_name(path.stem + ".tokenizer"))

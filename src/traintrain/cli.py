@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("--out", required=True, metavar="PATH", help="output .safetensors file or folder")
     tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    tiny.add_argument("--toy-world", action="store_true",
+                      help="the toy-world model instead (SD1, trained on shapes in colours: prompts steer it)")
     tiny.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
     demo = commands.add_parser("demo", help="train a LoRA on a tiny model and show before/after images")
@@ -286,6 +288,14 @@ def _command_train(args) -> int:
 def _command_tiny(args) -> int:
     from traintrain.models.tiny import write_tiny_model
 
+    if args.toy_world:
+        from traintrain.toyworld.release import write_toy_model
+
+        if args.family != "sd1":
+            raise UserError(f"the toy-world model is sd1, not {args.family}", "leave out --family with --toy-world")
+        path = write_toy_model(args.format, Path(args.out))
+        print(f"wrote the toy-world model ({args.format}) to {path}")
+        return 0
     path = write_tiny_model(args.family, args.format, Path(args.out), seed=args.seed)
     print(f"wrote tiny {args.family} model ({args.format}) to {path}")
     return 0

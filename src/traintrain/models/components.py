@@ -32,3 +32,8 @@ class ModelComponents:
     @property
     def spec(self) -> FamilySpec:
         return SPECS[self.family]
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent pixel: 8 in every real family's VAE (4 in the toy world's three-level one)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)

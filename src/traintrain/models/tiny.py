@@ -47,7 +47,7 @@ def build_tiny_components(family: Family, seed: int = 0) -> ModelComponents:
         unet = UNet2DConditionModel.from_config(tiny_unet_config(family))
         vae = AutoencoderKL.from_config(tiny_vae_config(family))
         _shape_latent_space(vae, family)
-        text_encoders = [_tiny_text_encoder(family, index, tokenizer) for index, tokenizer in enumerate(tokenizers)]
+        text_encoders = [tiny_text_encoder(family, index, tokenizer) for index, tokenizer in enumerate(tokenizers)]
     for model in (unet, vae, *text_encoders):
         model.eval()
     return ModelComponents(family, unet, vae, text_encoders, tokenizers, source=f"tiny-{family.value}-seed{seed}")
@@ -97,7 +97,7 @@ def tiny_vae_config(family: Family) -> dict:
     return config_template(family, "vae") | {"block_out_channels": [32] * 4, "layers_per_block": 1, "sample_size": 128}
 
 
-def _tiny_text_encoder(family: Family, index: int, tokenizer):
+def tiny_text_encoder(family: Family, index: int, tokenizer):
     width = TINY_TEXT_WIDTHS[family][index]
     config = config_template(family, TEXT_ENCODER_FOLDERS[index]) | {
         "hidden_size": width,

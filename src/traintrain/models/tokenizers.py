@@ -54,8 +54,9 @@ CLIP_VOCAB_SIZE = 49408  # 256 bytes, their end-of-word forms, 48894 merges, BOS
 CLIP_PAD_TOKENS = {Family.SD1: [EOS], Family.SD2: ["!"], Family.SDXL: [EOS, "!"]}
 
 
-def build_tiny_tokenizer() -> CLIPTokenizer:
-    """A real byte-level BPE CLIP tokenizer with a vocabulary of a few hundred entries.
+def build_tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> CLIPTokenizer:
+    """A real byte-level BPE CLIP tokenizer with a vocabulary of a few hundred entries: one token per
+    word of `words`, any other word in byte pieces.
 
     Layout follows CLIP's: 256 byte symbols, their end-of-word forms, merge results, then BOS/EOS
     (so EOS has the highest id, as in the real vocabulary).
@@ -63,7 +64,7 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     merges: list[tuple[str, str]] = []
-    for word in TINY_WORDS:
+    for word in words:
         pieces = [*word[:-1], word[-1] + "</w>"]
         while len(pieces) > 1:
             pair = (pieces[0], pieces[1])

@@ -14,7 +14,8 @@ def unet_predict(components, noisy: torch.Tensor, timesteps: torch.Tensor, condi
     param = next(unet.parameters())
     kwargs = {}
     if components.family == Family.SDXL:
-        height, width = noisy.shape[-2] * 8, noisy.shape[-1] * 8  # time_ids are in PIXELS
+        factor = components.latent_factor
+        height, width = noisy.shape[-2] * factor, noisy.shape[-1] * factor  # time_ids are in PIXELS
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=param.dtype, device=param.device)
         kwargs["added_cond_kwargs"] = {
             "text_embeds": conditioning.pooled.to(param.device, param.dtype),

@@ -25,9 +25,11 @@ from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.training.loss import denoising_loss
 
 
-def ileco_latent(config, generator: torch.Generator) -> torch.Tensor:
+def ileco_latent(config, components, generator: torch.Generator) -> torch.Tensor:
     height, width = config.image_size  # height,width order is kept
-    return torch.randn(config.train_batch_size, 4, height // 8, width // 8, generator=generator)
+    factor = components.latent_factor
+    return torch.randn(config.train_batch_size, components.unet.config.in_channels, height // factor, width // factor,
+                       generator=generator)
 
 
 def ileco_spec(config):
@@ -82,7 +84,7 @@ def train_ileco(config, components, run) -> ModeOutcome:
     network.set_enabled(False)  # the target is the frozen model's, whatever a resumed text-encoder LoRA holds
     original, target = fixed_conditionings(components, [config.original_prompt, config.target_prompt])
     network.set_enabled(True)
-    latent = ileco_latent(config, run.generator)
+    latent = ileco_latent(config, components, run.generator)
     compute_loss = ileco_loss_fn(components, network, config, run, original, target, latent)
     return train_result_network("iLECO", network, config, compute_loss, components, run)
 

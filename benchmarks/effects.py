@@ -1,0 +1,64 @@
+"""Every mode's effect on the toy-world model, judged in pictures, printed as a table.
+
+    python benchmarks/effects.py            # base model, LoRA concept, iLECO, erase, sliders
+    python benchmarks/effects.py --json     # the same numbers as JSON
+
+Targets (issue 14): base colour accuracy >= 90 %; LoRA concept >= 80 % with <= 10 % change
+elsewhere; iLECO red->blue >= 80 % with <= 10 % change on other colours; slider monotonic on
+>= 90 % of seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from traintrain.toyworld import effects
+from traintrain.toyworld.evaluate import prompt_following
+from traintrain.toyworld.release import load_toy_model
+
+TARGETS = {
+    ("base", "colour"): 0.9,
+    ("LoRA", "trigger"): 0.8,
+    ("iLECO", "moved"): 0.8,
+    ("Difference", "monotonic"): 0.9,
+}
+
+
+def measure(workdir: Path) -> dict[str, dict[str, float]]:
+    toy = load_toy_model()
+    table = {"base": prompt_following(toy, seeds_per_prompt=2)}
+    for effect in (effects.lora_concept(workdir, toy), effects.ileco(workdir, toy),
+                   effects.ileco(workdir, toy, target=None), effects.difference_slider(workdir, toy),
+                   effects.difference_slider(workdir, toy, mode="ADDifT")):
+        table[effect.mode] = effect.numbers
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.time()
+    with tempfile.TemporaryDirectory() as workdir:
+        table = measure(Path(workdir))
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return
+    for row, numbers in table.items():
+        cells = "  ".join(f"{name} {value:.2f}" for name, value in numbers.items())
+        print(f"{row:12s} {cells}")
+    for (row, name), target in TARGETS.items():
+        value = table[row][name]
+        print(f"target {row} {name} >= {target:.0%}: {value:.0%} {'met' if value >= target else 'NOT met'}")
+    print(f"({(time.time() - started) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
