@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from traintrain.toyworld import effects
 from traintrain.toyworld.evaluate import prompt_following
 from traintrain.toyworld.release import load_toy_model
@@ -30,31 +28,46 @@ TARGETS = {
 }
 
 
-def measure(workdir: Path) -> dict[str, dict[str, float]]:
+MEASURES = {
+    "LoRA": lambda workdir, toy: effects.lora_concept(workdir, toy),
+    "iLECO": lambda workdir, toy: effects.ileco(workdir, toy),
+    "iLECO erase": lambda workdir, toy: effects.ileco(workdir, toy, target=None),
+    "Difference": lambda workdir, toy: effects.difference_slider(workdir, toy),
+    "ADDifT": lambda workdir, toy: effects.difference_slider(workdir, toy, mode="ADDifT"),
+}
+
+
+def row_text(row: str, numbers: dict[str, float]) -> str:
+    return f"{row:12s} " + "  ".join(f"{name} {value:.2f}" for name, value in numbers.items())
+
+
+def measure(workdir: Path, rows: list[str], show) -> dict[str, dict[str, float]]:
     toy = load_toy_model()
     table = {"base": prompt_following(toy, seeds_per_prompt=2)}
-    for effect in (effects.lora_concept(workdir, toy), effects.ileco(workdir, toy),
-                   effects.ileco(workdir, toy, target=None), effects.difference_slider(workdir, toy),
-                   effects.difference_slider(workdir, toy, mode="ADDifT")):
-        table[effect.mode] = effect.numbers
+    show("base", table["base"])
+    for row in rows:
+        started = time.time()
+        table[row] = MEASURES[row](workdir, toy).numbers
+        table[row]["minutes"] = (time.time() - started) / 60
+        show(row, table[row])
     return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=list(MEASURES), default=list(MEASURES))
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
+    show = (lambda *_: None) if args.json else (lambda row, numbers: print(row_text(row, numbers), flush=True))
     with tempfile.TemporaryDirectory() as workdir:
-        table = measure(Path(workdir))
+        table = measure(Path(workdir), args.only, show)
     if args.json:
         print(json.dumps(table, indent=2))
         return
-    for row, numbers in table.items():
-        cells = "  ".join(f"{name} {value:.2f}" for name, value in numbers.items())
-        print(f"{row:12s} {cells}")
     for (row, name), target in TARGETS.items():
+        if row not in table:
+            continue
         value = table[row][name]
         print(f"target {row} {name} >= {target:.0%}: {value:.0%} {'met' if value >= target else 'NOT met'}")
     print(f"({(time.time() - started) / 60:.1f} min)")

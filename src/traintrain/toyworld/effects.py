@@ -14,6 +14,7 @@ from pathlib import Path
 
 from traintrain.config import TrainConfig
 from traintrain.jobs.runner import run_job
+from traintrain.modes.common import prompt_only_spec
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.toyworld.evaluate import HELD_OUT_SEEDS, draw_and_judge, world_prompts
@@ -54,8 +55,10 @@ class Effect:
 
 
 def with_lora(components, config: TrainConfig, path: Path, multiplier: float = 1.0) -> AdapterNetwork:
-    """The saved file hooked into the toy model, as a consumer loads it (remove() takes it out)."""
-    network = AdapterNetwork(components, NetworkSpec.from_config(config))
+    """The saved file hooked into the toy model, as a consumer loads it (remove() takes it out).
+    Only LoRA mode trains the text encoder here; the prompt modes and sliders save the UNet's part."""
+    spec = NetworkSpec.from_config(config) if config.mode == "LoRA" else prompt_only_spec(config)
+    network = AdapterNetwork(components, spec)
     network.load_tensors(load_lora(path)[0])
     network.apply()
     network.set_multiplier(multiplier)
@@ -71,7 +74,8 @@ def _fraction(flags) -> float:
     return sum(flags) / len(flags) if flags else 0.0
 
 
-def lora_concept(workdir: Path, components=None, *, images: int = 48, steps: int = 400, seeds: int = 60) -> Effect:
+def lora_concept(workdir: Path, components=None, *, images: int = 48, steps: int = 600, lr: float = 3e-3,
+                 seeds: int = 60) -> Effect:
     """LoRA mode teaches magenta, a colour the toy world never saw, under a trigger word.
 
     Numbers: `trigger` is the fraction of pictures of "a {size} zqmg {shape} {position}" judged
@@ -83,7 +87,7 @@ def lora_concept(workdir: Path, components=None, *, images: int = 48, steps: int
     scenes = sample_scenes(images, seed=11, colours=[HELD_OUT_COLOUR])
     write_dataset(data, scenes, captions=[caption(s).replace(HELD_OUT_COLOUR.value, TRIGGER) for s in scenes])
     config = job(mode="LoRA", lora_data_directory=str(data), network_rank=8, network_alpha=8,
-                 train_iterations=steps, train_learning_rate=1e-3, train_batch_size=4, save_lora_name="concept")
+                 train_iterations=steps, train_learning_rate=lr, train_batch_size=4, save_lora_name="concept")
     path = run_job(config, output_dir=Path(workdir) / "out").path
     asked = [Scene(s.shape, HELD_OUT_COLOUR, s.size, s.position) for s in sample_scenes(seeds, seed=12, jitter=False)]
     prompts = [caption(s).replace(HELD_OUT_COLOUR.value, TRIGGER) for s in asked]
@@ -140,8 +144,8 @@ def ileco(workdir: Path, components=None, *, original: Colour = Colour.RED, targ
     }, path)
 
 
-def difference_slider(workdir: Path, components=None, *, mode: str = "Difference", steps: int = 200,
-                      seeds: int = 30) -> Effect:
+def difference_slider(workdir: Path, components=None, *, mode: str = "Difference", steps: int = 400,
+                      lr: float = 1e-2, seeds: int = 30) -> Effect:
     """Original a small circle, Target the same circle large: a slider over size.
 
     Numbers: `monotonic` the fraction of seeds whose judged extent grows with the multiplier over
@@ -157,7 +161,7 @@ def difference_slider(workdir: Path, components=None, *, mode: str = "Difference
     draw(small).save(folder / "original.png")
     draw(large).save(folder / "target.png")
     config = job(mode=mode, original_image=str(folder / "original.png"), target_image=str(folder / "target.png"),
-                 network_rank=4, network_alpha=4, train_iterations=steps, train_learning_rate=3e-3,
+                 network_rank=4, network_alpha=4, train_iterations=steps, train_learning_rate=lr,
                  train_batch_size=2, save_lora_name=f"slider-{mode}")
     path = run_job(config, output_dir=Path(workdir) / "out").path
     asked = world_prompts(colours=WORLD_COLOURS)[::3][:seeds]

@@ -4,7 +4,9 @@ Random tiny models follow no prompt, so no effect of a mode can be seen on them.
 trained by the project itself in two stages from `RECIPE`: a VAE that reconstructs the toy
 pictures (three levels, so a 64 px picture is a 16 x 16 latent: a small shape is a few latent
 pixels, not one), then the UNet and the text encoder together on the denoising objective of SD1
-with the scenes' captions (one in ten left empty, for classifier-free guidance). Everything runs
+with the scenes' captions (one in ten left empty, for classifier-free guidance; half of them
+with some words left out, as real captions name only some of what is seen, so that a prompt of
+one word such as iLECO's "red" means what it means in a full caption). Everything runs
 on the CPU in one thread from fixed seeds, so the same recipe gives the same files; the files are
 committed (`toyworld/files/`) with the recipe and their checksums, because a build takes minutes.
 """
@@ -76,6 +78,8 @@ class Recipe:
     text_lr: float = 3e-4
     warmup_steps: int = 200
     caption_dropout: float = 0.1
+    partial_captions: float = 0.5  # of the captions left: the share with words left out
+    keep_word: float = 0.5  # in those, each attribute's chance to be named
     fingerprint_steps: int = 20  # the reproduction check replays this many steps of each stage
 
 
@@ -156,16 +160,32 @@ def encode_pool(vae: AutoencoderKL, pictures: torch.Tensor) -> torch.Tensor:
     return torch.cat(latents) * SPECS[FAMILY].latent_scale
 
 
-def train_denoiser(components: ModelComponents, latents: torch.Tensor, captions: list[str], recipe: Recipe,
+def partial_caption(scene: Scene, rng: np.random.Generator, keep: float) -> str:
+    """The caption with each of size, colour, shape and position kept with probability `keep`
+    (at least one kept): "red", "a small circle", "a red square on the left"."""
+    while True:
+        kept = rng.random(4) < keep
+        if kept.any():
+            break
+    words = [word for word, shown in zip((scene.size.value, scene.colour.value, scene.shape.value), kept[:3],
+                                         strict=True) if shown]
+    text = " ".join(words)
+    if len(words) > 1 or kept[2]:
+        text = "a " + text
+    if kept[3]:
+        text = f"{text} {POSITION_PHRASE[scene.position]}".strip()
+    return text
+
+
+def train_denoiser(components: ModelComponents, latents: torch.Tensor, scenes: list[Scene], recipe: Recipe,
                    progress: Progress, steps: int | None = None) -> None:
-    """UNet and text encoder on SD1's epsilon objective, captions dropped now and then."""
+    """UNet and text encoder on SD1's epsilon objective, captions dropped now and then, shortened
+    other times."""
     steps = recipe.unet_steps if steps is None else steps
     unet, text_encoder, tokenizer = components.unet, components.text_encoders[0], components.tokenizers[0]
     scheduler = noise_scheduler(False)
     generator = torch.Generator().manual_seed(recipe.seed + 2)
-    tokens = tokenizer([*captions, ""], padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt").input_ids
-    empty = len(captions)
+    words = np.random.default_rng(recipe.seed + 3)
     optimizer = torch.optim.AdamW([
         {"params": list(unet.parameters()), "lr": recipe.unet_lr},
         {"params": list(text_encoder.parameters()), "lr": recipe.text_lr},
@@ -178,7 +198,11 @@ def train_denoiser(components: ModelComponents, latents: torch.Tensor, captions:
             group["lr"] = base * factor
         picked = torch.randint(len(latents), (recipe.unet_batch,), generator=generator)
         dropped = torch.rand(recipe.unet_batch, generator=generator) < recipe.caption_dropout
-        ids = tokens[torch.where(dropped, torch.full_like(picked, empty), picked)]
+        texts = ["" if drop else caption(scenes[index]) if words.random() >= recipe.partial_captions
+                 else partial_caption(scenes[index], words, recipe.keep_word)
+                 for index, drop in zip(picked.tolist(), dropped.tolist(), strict=True)]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
         clean = latents[picked]
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (recipe.unet_batch,), generator=generator)
@@ -218,7 +242,7 @@ def train_toy_world(recipe: Recipe = RECIPE, progress: Progress | None = None) -
     pictures = pictures_tensor(scenes, recipe.picture_size)
     train_vae(components.vae, pictures, recipe, progress)
     components.vae.requires_grad_(False)
-    train_denoiser(components, encode_pool(components.vae, pictures), [caption(s) for s in scenes], recipe, progress)
+    train_denoiser(components, encode_pool(components.vae, pictures), scenes, recipe, progress)
     for part in (components.unet, components.vae, *components.text_encoders):
         part.requires_grad_(False)
     return components
@@ -235,7 +259,7 @@ def replay_fingerprints(recipe: Recipe = RECIPE, vae: AutoencoderKL | None = Non
     train_vae(components.vae, pictures, recipe, quiet, steps=recipe.fingerprint_steps)
     found = {"vae": fingerprint(components.vae)}
     latents = encode_pool(vae if vae is not None else components.vae, pictures)
-    train_denoiser(components, latents, [caption(s) for s in scenes], recipe, quiet, steps=recipe.fingerprint_steps)
+    train_denoiser(components, latents, scenes, recipe, quiet, steps=recipe.fingerprint_steps)
     found["unet"] = fingerprint(components.unet)
     found["text_encoder"] = fingerprint(components.text_encoders[0])
     return found
