@@ -13,7 +13,6 @@ committed (`toyworld/files/`) with the recipe and their checksums, because a bui
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from traintrain.data.latent_cache import file_digest
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import SPECS, Family
 from traintrain.models.loading import config_template
@@ -265,16 +265,8 @@ def replay_fingerprints(recipe: Recipe = RECIPE, vae: AutoencoderKL | None = Non
     return found
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def recipe_record(recipe: Recipe, files: dict[str, Path], fingerprints: dict[str, float], **measured) -> dict:
-    return {"recipe": asdict(recipe), "sha256": {name: sha256(path) for name, path in files.items()},
+    return {"recipe": asdict(recipe), "sha256": {name: file_digest(path) for name, path in files.items()},
             "fingerprints": fingerprints, **measured}
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from traintrain.data.latent_cache import file_digest
 from traintrain.errors import UserError
 from traintrain.fileio import atomic_folder, atomic_path
 from traintrain.models.components import ModelComponents
-from traintrain.toyworld.model import FILES, MODEL_NAME, read_record, sha256
+from traintrain.toyworld.model import FILES, MODEL_NAME, read_record
 
 
 def toy_model_path() -> Path:
@@ -27,7 +28,7 @@ def check_files(folder: Path = FILES) -> list[str]:
     """The committed files whose checksum differs from the recipe's record (none when intact)."""
     record = read_record(folder)
     return [name for name, digest in record["sha256"].items()
-            if not (folder / name).is_file() or sha256(folder / name) != digest]
+            if not (folder / name).is_file() or file_digest(folder / name) != digest]
 
 
 def load_toy_model() -> ModelComponents:
