@@ -2,6 +2,7 @@
 
     python benchmarks/effects.py            # base model, LoRA concept, iLECO, erase, sliders
     python benchmarks/effects.py --json     # the same numbers as JSON
+    python benchmarks/effects.py --only iLECO "iLECO once" "iLECO pool"   # iLECO's latent, three ways
 
 Targets (issue 14): base colour accuracy >= 90 %; LoRA concept >= 80 % with <= 10 % change
 elsewhere; iLECO red->blue >= 80 % with <= 10 % change on other colours; slider monotonic on
@@ -20,20 +21,27 @@ from traintrain.toyworld import effects
 from traintrain.toyworld.evaluate import prompt_following
 from traintrain.toyworld.release import load_toy_model
 
-TARGETS = {
-    ("base", "colour"): 0.9,
-    ("LoRA", "trigger"): 0.8,
-    ("iLECO", "moved"): 0.8,
-    ("Difference", "monotonic"): 0.9,
-}
+TARGETS = [  # row, number, at least (>=) or at most (<=), value
+    ("base", "colour", ">=", 0.9),
+    ("LoRA", "trigger", ">=", 0.8),
+    ("LoRA", "elsewhere_changed", "<=", 0.1),
+    ("iLECO", "moved", ">=", 0.8),
+    ("iLECO", "elsewhere_changed", "<=", 0.1),
+    ("Difference", "monotonic", ">=", 0.9),
+    ("ADDifT", "monotonic", ">=", 0.9),
+    ("Multi-ADDifT", "monotonic", ">=", 0.9),
+]
 
 
 MEASURES = {
     "LoRA": lambda workdir, toy: effects.lora_concept(workdir, toy),
     "iLECO": lambda workdir, toy: effects.ileco(workdir, toy),
     "iLECO erase": lambda workdir, toy: effects.ileco(workdir, toy, target=None),
+    "iLECO once": lambda workdir, toy: effects.ileco(workdir, toy, ileco_latent="once"),
+    "iLECO pool": lambda workdir, toy: effects.ileco(workdir, toy, ileco_latent="pool"),
     "Difference": lambda workdir, toy: effects.difference_slider(workdir, toy),
     "ADDifT": lambda workdir, toy: effects.difference_slider(workdir, toy, mode="ADDifT"),
+    "Multi-ADDifT": lambda workdir, toy: effects.difference_slider(workdir, toy, mode="Multi-ADDifT"),
 }
 
 
@@ -47,7 +55,7 @@ def measure(workdir: Path, rows: list[str], show) -> dict[str, dict[str, float]]
     show("base", table["base"])
     for row in rows:
         started = time.time()
-        table[row] = MEASURES[row](workdir, toy).numbers
+        table[row] = MEASURES[row](workdir / row.replace(" ", "-"), toy).numbers  # each its own output folder
         table[row]["minutes"] = (time.time() - started) / 60
         show(row, table[row])
     return table
@@ -65,11 +73,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(table, indent=2))
         return
-    for (row, name), target in TARGETS.items():
+    for row, name, bound, target in TARGETS:
         if row not in table:
             continue
         value = table[row][name]
-        print(f"target {row} {name} >= {target:.0%}: {value:.0%} {'met' if value >= target else 'NOT met'}")
+        met = value >= target if bound == ">=" else value <= target
+        print(f"target {row} {name} {bound} {target:.0%}: {value:.0%} {'met' if met else 'NOT met'}")
     print(f"({(time.time() - started) / 60:.1f} min)")
 
 

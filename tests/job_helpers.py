@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sample_images import write_demo_images
 from traintrain.config import TrainConfig
-from traintrain.demo import write_demo_images
 from traintrain.models.tiny import write_tiny_model
 
 

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from job_helpers import tiny_job
+from sample_images import write_demo_images
 from traintrain.cli import main
-from traintrain.demo import write_demo_images
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
 from traintrain.models.checkpoint_kinds import checkpoint_family

@@ -1,16 +1,32 @@
+"""The demo trains all three modes on the toy world and shows them in one judged picture."""
+
 import pytest
 from PIL import Image
 
-from traintrain.demo import CELL, SHAPES, run_demo
+from traintrain.cli import main
+from traintrain.demo import CELL, run_demo
+from traintrain.networks.kohya_format import load_lora
+from traintrain.toyworld.effects import SHOWN, SLIDER_MULTIPLIERS
 
 
 @pytest.mark.slow
-def test_demo_writes_lora_and_before_after_picture(tmp_path):
-    result = run_demo(tmp_path / "demo", steps=40)
-    assert result.lora_path.is_file() and len(result.losses) == 40
+def test_demo_trains_three_modes_and_draws_them_in_one_picture(tmp_path):
+    result = run_demo(tmp_path / "demo", steps=30)
+    assert set(result.lora_paths) == {"LoRA", "iLECO", "Difference"}
+    for mode, path in result.lora_paths.items():
+        assert load_lora(path)[1]["traintrain_mode"] == mode
+    assert set(result.numbers["LoRA"]) >= {"trigger", "before", "elsewhere_changed"}
+    assert set(result.numbers["iLECO"]) >= {"moved", "before", "elsewhere_changed"}
+    assert set(result.numbers["Difference"]) >= {"monotonic", "colour_kept", "position_kept"}
     picture = Image.open(result.image_path)
-    assert picture.size == (4 * CELL, 18 + CELL * len(SHAPES))
-    # before and after columns must differ: the LoRA was loaded by diffusers and changed the output
-    before = picture.crop((2 * CELL, 18, 3 * CELL, 18 + CELL)).tobytes()
-    after = picture.crop((3 * CELL, 18, 4 * CELL, 18 + CELL)).tobytes()
+    columns = 2 + 2 + len(SLIDER_MULTIPLIERS)
+    assert picture.width >= columns * CELL and picture.height >= 2 * SHOWN * CELL
+    # the LoRA section's before and after columns differ: the trained file changed the drawings
+    before = picture.crop((0, 36, CELL, 36 + CELL)).tobytes()
+    after = picture.crop((CELL, 36, 2 * CELL, 36 + CELL)).tobytes()
     assert before != after
+
+
+def test_demo_steps_must_be_positive(capsys):
+    assert main(["demo", "--steps", "0"]) == 2
+    assert "steps" in capsys.readouterr().err

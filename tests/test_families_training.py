@@ -5,11 +5,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 import traintrain.modes.denoising as denoising
+from sample_images import write_demo_images
 from traintrain.config import TrainConfig
-from traintrain.demo import write_demo_images
 from traintrain.jobs.runner import run_job
 from traintrain.models.encoding import encode_prompts
-from traintrain.models.families import Family
 from traintrain.models.loading import load_model
 from traintrain.models.tiny import write_tiny_model
 from traintrain.networks.kohya_format import load_lora

@@ -16,7 +16,7 @@ import pytest
 from safetensors import safe_open
 
 from host_envs import HOSTS, host_python
-from traintrain.demo import write_demo_images
+from sample_images import write_demo_images
 from ui_browser import (
     browser_page,
     choose,

@@ -127,3 +127,20 @@ def test_periodic_previews(model, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "periodic_0steps_preview.png", "periodic_2steps_preview.png", "periodic_preview.png"
     ]
+
+
+@pytest.mark.parametrize("kind", ["fresh", "pool", "once"])
+def test_ileco_latent_source(model, kind):
+    from traintrain.modes.ileco import LATENT_POOL, latent_source
+
+    config = ileco_config(model, "", ileco_latent=kind)
+    components = load_model(config.model)
+    draws = latent_source(config, components, torch.Generator().manual_seed(0))
+    batches = [draws() for _ in range(40)]
+    assert all(b.shape == (2, 4, 8, 12) for b in batches)
+    distinct = {tuple(row.flatten()[:4].tolist()) for batch in batches for row in batch}
+    if kind == "pool":  # 80 picks from the 16 drawn at the start
+        assert 2 < len(distinct) <= LATENT_POOL
+    else:
+        assert len(distinct) == {"fresh": 80, "once": 2}[kind]
+

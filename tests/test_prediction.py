@@ -9,9 +9,9 @@ the epsilon one stays about -0.35), then saved as single files without a yaml.
 import pytest
 import torch
 
+from sample_images import write_demo_images
 from traintrain.cli import main
 from traintrain.config import TrainConfig
-from traintrain.demo import write_demo_images
 from traintrain.errors import UserError
 from traintrain.models.families import Family
 from traintrain.models.loading import load_model

@@ -1,17 +1,23 @@
 """Modes' effects on the toy-world model, judged in pictures on held-out seeds (see benchmarks/effects.py).
 
-Margins are below what was measured (iLECO red -> blue: 39 % of red prompts drawn blue, 0 % change
-on other colours; erase: 67 % of red prompts no longer red), so they hold on any seed, and far
-above what an adapter without effect gives (0 %).
+Margins sit below what was measured on every training seed tried (7 and 8; README's table) and
+far above what an adapter without effect gives (0 %, or for a slider the spread of one shape's
+judged extent). The numbers are drawn on fewer held-out seeds than the benchmark, to stay short.
 """
 
 import pytest
 
 from traintrain.toyworld import effects
 from traintrain.toyworld.release import load_toy_model
-from traintrain.toyworld.scenes import Colour
 
 pytestmark = pytest.mark.slow
+
+# Measured (training seeds 7, 8, 9 for iLECO): LoRA trigger 98 %, 100 % with 8 %, 5 % elsewhere;
+# iLECO 81 %, 58 %, 69 % with 7 %, 11 %, 11 % elsewhere; erase 47 % and more; sliders monotonic on
+# 83-90 % of seeds, extent -1 -> +1 grows by 0.03-0.09 of the side, colour kept 93-97 %; copier 43-67 %.
+LORA_TRIGGER, LORA_ELSEWHERE = 0.8, 0.15
+ILECO_MOVED, ILECO_ELSEWHERE, ERASE_MOVED = 0.4, 0.2, 0.3
+SLIDER_MONOTONIC, SLIDER_SPAN, SLIDER_COLOUR_KEPT, COPIER_REPRODUCES = 0.7, 0.015, 0.85, 0.25
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +25,31 @@ def toy():
     return load_toy_model()
 
 
-def test_ileco_red_to_blue_draws_blue_for_red_and_leaves_other_colours(toy, tmp_path):
-    numbers = effects.ileco(tmp_path, toy).numbers
+def test_lora_teaches_magenta_under_its_trigger_and_leaves_other_prompts(toy, tmp_path):
+    numbers = effects.lora_concept(tmp_path, toy, seeds=30).numbers
     assert numbers["before"] == 0.0
-    assert numbers["moved"] >= 0.25, numbers
-    assert numbers["elsewhere_changed"] <= 0.1, numbers
+    assert numbers["trigger"] >= LORA_TRIGGER, numbers
+    assert numbers["elsewhere_changed"] <= LORA_ELSEWHERE, numbers
+
+
+def test_ileco_red_to_blue_draws_blue_for_red_and_leaves_other_colours(toy, tmp_path):
+    numbers = effects.ileco(tmp_path, toy, repeats=1).numbers
+    assert numbers["before"] == 0.0
+    assert numbers["moved"] >= ILECO_MOVED, numbers
+    assert numbers["elsewhere_changed"] <= ILECO_ELSEWHERE, numbers
 
 
 def test_ileco_with_an_empty_target_erases_red(toy, tmp_path):
-    numbers = effects.ileco(tmp_path, toy, original=Colour.RED, target=None).numbers
-    assert numbers["moved"] >= 0.4, numbers
-    assert numbers["elsewhere_changed"] <= 0.1, numbers
+    numbers = effects.ileco(tmp_path, toy, target=None, repeats=1).numbers
+    assert numbers["moved"] >= ERASE_MOVED, numbers
+    assert numbers["elsewhere_changed"] <= ILECO_ELSEWHERE, numbers
+
+
+@pytest.mark.parametrize("mode", ["Difference", "ADDifT"])
+def test_the_size_slider_grows_the_shape_with_its_multiplier_and_keeps_its_colour(toy, tmp_path, mode):
+    numbers = effects.difference_slider(tmp_path, toy, mode=mode, seeds=20).numbers
+    assert numbers["monotonic"] >= SLIDER_MONOTONIC, numbers
+    assert numbers["extent_1"] - numbers["extent_-1"] >= SLIDER_SPAN, numbers
+    assert numbers["colour_kept"] >= SLIDER_COLOUR_KEPT, numbers
+    if mode == "Difference":  # the copier alone draws the Original; the bare model never does
+        assert numbers["copier_reproduces"] >= COPIER_REPRODUCES and numbers["copier_before"] <= 0.1, numbers

@@ -4,19 +4,19 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
+from sample_images import write_demo_images
 from traintrain.config import TrainConfig
 from traintrain.data.dataset import encode_latents, image_to_tensor
-from traintrain.demo import write_demo_images
 from traintrain.jobs.runner import run_job
-from traintrain.models.loading import load_model
 from traintrain.models.encoding import encode_prompts
+from traintrain.models.loading import load_model
 from traintrain.models.tiny import write_tiny_model
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.training.events import Progress
 from traintrain.training.runtime import noise_scheduler
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from helpers import a1111_vae_state, tiny_components
+from sample_images import write_demo_images
 from traintrain.config import TrainConfig
-from traintrain.demo import write_demo_images
 from traintrain.jobs.runner import run_job
 from traintrain.models.tiny import write_tiny_model
 from traintrain.training.loss_history import LossLog
@@ -96,7 +96,7 @@ def test_a_job_added_while_one_trains_runs_after_it(app, tmp_path):
         open_app(page, url)
         load_preset(page, "LoRA")
         fill_job(page, model=str(world / "models" / "tiny.safetensors"), data=str(world / "images"),
-                 name="long", iterations=30)
+                 name="long", iterations=150)  # still training after the second tab's round trip on a busy CI
         first = job_id_in(click_and_read(page, "Start Training", expect="started"))
         reopened = page.context.browser.new_page()  # another tab, as after closing the browser: the job goes on
         open_app(reopened, url)

@@ -92,6 +92,15 @@ class NanPolicy(Choice):
     SKIP = "skip"
 
 
+class ILECOLatent(Choice):
+    """Where iLECO's latents come from: a fresh draw each step, a small pool drawn once, or the
+    original's single draw reused every step."""
+
+    FRESH = "fresh"
+    POOL = "pool"
+    ONCE = "once"
+
+
 class Precision(Choice):
     FP32 = "fp32"
     BF16 = "bf16"

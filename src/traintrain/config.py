@@ -20,6 +20,7 @@ from traintrain.choices import (  # noqa: F401 (the choices are part of the conf
     ALL_BLOCK_IDS,
     UNET_BLOCK_IDS,
     Choice,
+    ILECOLatent,
     LossFunction,
     LRScheduler,
     NanPolicy,
@@ -197,6 +198,10 @@ class TrainConfig:
     gen_noise_scheduler: NoiseScheduler = _param(NoiseScheduler.DDIM, "sampler of preview images (LMS needs scipy)")
     network_train_text_encoder: bool = _param(
         False, "iLECO: also train the text encoder (BASE): the Original prompt is encoded every step with the LoRA on"
+    )
+    ileco_latent: ILECOLatent = _param(
+        ILECOLatent.FRESH, "iLECO: the latent each step sees: fresh (a new draw every step), pool (16 drawn once, "
+        "each step's batch picked from them) or once (the original: one draw reused every step)"
     )
     diff_use_fixed_noise: bool = _param(
         False, "Difference/ADDifT: one noise drawn once from the seed, reused every step, instead of fresh noise"

@@ -84,7 +84,9 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder) -> None:
     """
     folder = Path(folder)
     tokenizer.save_pretrained(str(folder))
-    (folder / "vocab.json").write_text(json.dumps(tokenizer.get_vocab(), ensure_ascii=False), encoding="utf-8")
+    # In id order, as CLIP's own vocab.json: get_vocab()'s order changes from run to run, the file must not.
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
     # tokenizers < 0.21 (transformers 4.x) stores each merge as one "a b" string, later ones as a pair.
     lines = "".join((pair if isinstance(pair, str) else " ".join(pair)) + "\n" for pair in merges)

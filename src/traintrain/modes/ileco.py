@@ -1,16 +1,21 @@
 """iLECO (instant LECO): move concept A (Original prompt) toward B (Target prompt), or erase A.
 
-No images: one latent z ~ N(0, I) is drawn once. Each step the frozen model's prediction for the
-Target prompt is the target for the adapted model's prediction for the Original prompt, at a
-random timestep. An empty Target prompt is the empty-prompt conditioning, which erases A.
+No images: latents z ~ N(0, I). Each step the frozen model's prediction for the Target prompt is
+the target for the adapted model's prediction for the Original prompt, at a random timestep. An
+empty Target prompt is the empty-prompt conditioning, which erases A.
+
+The original draws one latent once and reuses it every step; `ileco_latent` also offers a fresh
+draw each step (the default: measured on the toy world, see README) and a small pool drawn once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
+from traintrain.choices import ILECOLatent
 from traintrain.errors import UserError
 from traintrain.models.encoding import encode_prompts
 from traintrain.modes.common import (
@@ -32,6 +37,22 @@ def ileco_latent(config, components, generator: torch.Generator) -> torch.Tensor
                        generator=generator)
 
 
+LATENT_POOL = 16  # latents in the pool of ileco_latent=pool
+
+
+def latent_source(config, components, generator: torch.Generator) -> Callable[[], torch.Tensor]:
+    """The step's latents, as `ileco_latent` asks: each call is one step's batch. Pool and once are
+    drawn here, at the start; fresh ones and the pool's picks come from `generator` step by step."""
+    if config.ileco_latent is ILECOLatent.FRESH:
+        return lambda: ileco_latent(config, components, generator)
+    if config.ileco_latent is ILECOLatent.ONCE:
+        latent = ileco_latent(config, components, generator)
+        return lambda: latent
+    pool = torch.cat([ileco_latent(config.with_values(train_batch_size=1), components, generator)
+                      for _ in range(LATENT_POOL)])
+    return lambda: pool[torch.randint(LATENT_POOL, (config.train_batch_size,), generator=generator)]
+
+
 def ileco_spec(config):
     """UNet only, or with network_train_text_encoder the text encoder too (BASE added if not selected)."""
     spec = prompt_only_spec(config)
@@ -40,17 +61,18 @@ def ileco_spec(config):
     return spec
 
 
-def ileco_loss_fn(components, network, config, run, original, target, latent):
+def ileco_loss_fn(components, network, config, run, original, target, latents: Callable[[], torch.Tensor]):
     """The step loss, also used by tests to measure the effect on held-out noise.
 
     With network_train_text_encoder the Original prompt is encoded every step with the text
     encoder's LoRA on (`original` is then unused); the target stays the frozen model's.
     """
     scheduler = run.noise_scheduler
-    batch = latent.shape[0]
+    batch = config.train_batch_size
     original_b, target_b = repeat_conditioning(original, batch), repeat_conditioning(target, batch)
 
     def compute_loss(step: int) -> torch.Tensor:
+        latent = latents()
         timesteps = training_timesteps(
             batch,
             config.train_min_timesteps,
@@ -84,8 +106,8 @@ def train_ileco(config, components, run) -> ModeOutcome:
     network.set_enabled(False)  # the target is the frozen model's, whatever a resumed text-encoder LoRA holds
     original, target = fixed_conditionings(components, [config.original_prompt, config.target_prompt])
     network.set_enabled(True)
-    latent = ileco_latent(config, components, run.generator)
-    compute_loss = ileco_loss_fn(components, network, config, run, original, target, latent)
+    latents = latent_source(config, components, run.generator)
+    compute_loss = ileco_loss_fn(components, network, config, run, original, target, latents)
     return train_result_network("iLECO", network, config, compute_loss, components, run)
 
 
@@ -93,7 +115,7 @@ def train_ileco(config, components, run) -> ModeOutcome:
 class ILECOMode(TrainingMode):
     name = "iLECO"
     summary = "from two prompts: turn the Original concept into the Target, or erase it (empty Target)"
-    fields = ("original_prompt", "target_prompt", "network_train_text_encoder")
+    fields = ("original_prompt", "target_prompt", "network_train_text_encoder", "ileco_latent")
     phases = ("iLECO",)
     order = 1
 

@@ -12,15 +12,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from traintrain.config import TrainConfig
 from traintrain.jobs.runner import run_job
 from traintrain.modes.common import prompt_only_spec
+from traintrain.modes.ileco import ileco_spec
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
-from traintrain.toyworld.evaluate import HELD_OUT_SEEDS, draw_and_judge, world_prompts
+from traintrain.toyworld.evaluate import HELD_OUT_SEEDS, world_prompts
+from traintrain.toyworld.judge import Verdict, judge
 from traintrain.toyworld.release import load_toy_model, toy_model_path
+from traintrain.toyworld.sampling import draw_prompts
 from traintrain.toyworld.scenes import (
     HELD_OUT_COLOUR,
+    POSITION_PHRASE,
     WORLD_COLOURS,
     Background,
     Colour,
@@ -36,6 +42,7 @@ from traintrain.toyworld.scenes import (
 
 TRIGGER = "zqmg"  # a word the toy world never saw: the tokenizer cuts it in bytes
 SLIDER_MULTIPLIERS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+SHOWN = 4  # pictures of each kind an Effect keeps
 COMMON = dict(train_model_precision="fp32", save_precision="fp32", image_size=[64, 64], image_buckets_step=64,
               image_min_length=64, train_seed=7, model=str(toy_model_path()))
 
@@ -52,12 +59,16 @@ class Effect:
     mode: str
     numbers: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
+    pictures: dict[str, list[Image.Image]] = field(default_factory=dict)  # label -> the first SHOWN drawn
+    prompts: list[str] = field(default_factory=list)  # of those pictures
 
 
 def with_lora(components, config: TrainConfig, path: Path, multiplier: float = 1.0) -> AdapterNetwork:
     """The saved file hooked into the toy model, as a consumer loads it (remove() takes it out).
-    Only LoRA mode trains the text encoder here; the prompt modes and sliders save the UNet's part."""
-    spec = NetworkSpec.from_config(config) if config.mode == "LoRA" else prompt_only_spec(config)
+    LoRA mode (and iLECO with network_train_text_encoder) train the text encoder too; the sliders
+    save the UNet's part only."""
+    spec = (NetworkSpec.from_config(config) if config.mode == "LoRA" else ileco_spec(config) if config.mode == "iLECO"
+            else prompt_only_spec(config))
     network = AdapterNetwork(components, spec)
     network.load_tensors(load_lora(path)[0])
     network.apply()
@@ -65,8 +76,13 @@ def with_lora(components, config: TrainConfig, path: Path, multiplier: float = 1
     return network
 
 
-def _judged(components, scenes: Sequence[Scene], seeds: Sequence[int], prompts: Sequence[str] | None = None):
-    return draw_and_judge(components, list(prompts or [caption(s) for s in scenes]), list(seeds))
+def _judged(components, scenes: Sequence[Scene], seeds: Sequence[int], prompts: Sequence[str] | None = None,
+            shown: list[Image.Image] | None = None) -> list[Verdict]:
+    """The judge's verdicts; the first SHOWN pictures are added to `shown` when given (the demo shows them)."""
+    pictures = draw_prompts(components, list(prompts or [caption(s) for s in scenes]), list(seeds))
+    if shown is not None:
+        shown += pictures[:SHOWN]
+    return [judge(picture) for picture in pictures]
 
 
 def _fraction(flags) -> float:
@@ -74,9 +90,15 @@ def _fraction(flags) -> float:
     return sum(flags) / len(flags) if flags else 0.0
 
 
-def lora_concept(workdir: Path, components=None, *, images: int = 48, steps: int = 600, lr: float = 3e-3,
-                 seeds: int = 60) -> Effect:
+def lora_concept(workdir: Path, components=None, *, images: int = 48, regularization: int = 48, steps: int = 600,
+                 lr: float = 3e-3, seeds: int = 60, **options) -> Effect:
     """LoRA mode teaches magenta, a colour the toy world never saw, under a trigger word.
+
+    `regularization` pictures of the world go in the same folder (in `world/`), as kohya's
+    regularization images, with their own captions, a third of them with an empty one: they hold
+    the other prompts where they were, and the empty prompt too. Without the empty ones the
+    unconditional prediction drifts toward magenta, and classifier-free guidance then pushes every
+    other colour away from it (red drawn yellow, blue drawn cyan).
 
     Numbers: `trigger` is the fraction of pictures of "a {size} zqmg {shape} {position}" judged
     magenta; `before` the same without the LoRA; `elsewhere_changed` the fraction of world prompts
@@ -86,30 +108,38 @@ def lora_concept(workdir: Path, components=None, *, images: int = 48, steps: int
     data = Path(workdir) / "magenta"
     scenes = sample_scenes(images, seed=11, colours=[HELD_OUT_COLOUR])
     write_dataset(data, scenes, captions=[caption(s).replace(HELD_OUT_COLOUR.value, TRIGGER) for s in scenes])
-    config = job(mode="LoRA", lora_data_directory=str(data), network_rank=8, network_alpha=8,
-                 train_iterations=steps, train_learning_rate=lr, train_batch_size=4, save_lora_name="concept")
+    if regularization:
+        world = sample_scenes(regularization, seed=13)
+        texts = ["" if index % 3 == 2 else caption(scene) for index, scene in enumerate(world)]
+        write_dataset(data / "world", world, captions=texts)
+    options = dict(network_rank=8, network_alpha=8, train_batch_size=4) | options
+    config = job(mode="LoRA", lora_data_directory=str(data), train_iterations=steps, train_learning_rate=lr,
+                 save_lora_name="concept", **options)
     path = run_job(config, output_dir=Path(workdir) / "out").path
     asked = [Scene(s.shape, HELD_OUT_COLOUR, s.size, s.position) for s in sample_scenes(seeds, seed=12, jitter=False)]
     prompts = [caption(s).replace(HELD_OUT_COLOUR.value, TRIGGER) for s in asked]
     others = world_prompts()[:seeds]
     seed_list = list(HELD_OUT_SEEDS[: len(asked)])
-    before = _judged(components, asked, seed_list, prompts)
-    plain = _judged(components, others, HELD_OUT_SEEDS[: len(others)])
+    effect = Effect("LoRA", path=path, prompts=prompts[:SHOWN] + [caption(s) for s in others[:SHOWN]],
+                    pictures={"before": [], "after": []})
+    before = _judged(components, asked, seed_list, prompts, effect.pictures["before"])
+    plain = _judged(components, others, HELD_OUT_SEEDS[: len(others)], shown=effect.pictures["before"])
     network = with_lora(components, config, path)
     try:
-        after = _judged(components, asked, seed_list, prompts)
-        others_after = _judged(components, others, HELD_OUT_SEEDS[: len(others)])
+        after = _judged(components, asked, seed_list, prompts, effect.pictures["after"])
+        others_after = _judged(components, others, HELD_OUT_SEEDS[: len(others)], shown=effect.pictures["after"])
     finally:
         network.remove()
-    return Effect("LoRA", {
+    effect.numbers = {
         "trigger": _fraction(v.colour is HELD_OUT_COLOUR for v in after),
         "before": _fraction(v.colour is HELD_OUT_COLOUR for v in before),
         "elsewhere_changed": _fraction(a.colour != b.colour for a, b in zip(plain, others_after, strict=True)),
-    }, path)
+    }
+    return effect
 
 
 def ileco(workdir: Path, components=None, *, original: Colour = Colour.RED, target: Colour | None = Colour.BLUE,
-          steps: int = 300, **options) -> Effect:
+          steps: int = 600, lr: float = 2e-2, repeats: int = 2, **options) -> Effect:
     """iLECO "red" -> "blue" (or erase red when `target` is None), judged on held-out seeds.
 
     Numbers: `moved` the fraction of red prompts now judged blue (erase: judged not red or no
@@ -118,11 +148,11 @@ def ileco(workdir: Path, components=None, *, original: Colour = Colour.RED, targ
     """
     components = components or load_toy_model()
     target_name = target.value if target else ""
-    config = job(mode="iLECO", original_prompt=original.value, target_prompt=target_name, network_rank=4,
-                 network_alpha=4, network_element="CrossAttention", train_iterations=steps, train_learning_rate=3e-3,
-                 train_batch_size=2, save_lora_name=f"ileco-{original.value}-{target_name or 'erase'}", **options)
+    options = dict(network_rank=4, network_alpha=4, network_element="CrossAttention", train_batch_size=2) | options
+    config = job(mode="iLECO", original_prompt=original.value, target_prompt=target_name, train_iterations=steps,
+                 train_learning_rate=lr, save_lora_name=f"ileco-{original.value}-{target_name or 'erase'}", **options)
     path = run_job(config, output_dir=Path(workdir) / "out").path
-    reds = [scene for scene in world_prompts() if scene.colour is original]
+    reds = [scene for scene in world_prompts() if scene.colour is original] * repeats  # each on its own seed
     others = [scene for scene in world_prompts() if scene.colour is not original][: 2 * len(reds)]
 
     def moved(verdicts) -> float:
@@ -130,58 +160,118 @@ def ileco(workdir: Path, components=None, *, original: Colour = Colour.RED, targ
             return _fraction(v.colour is not original for v in verdicts)
         return _fraction(v.colour is target for v in verdicts)
 
-    before = _judged(components, reds, HELD_OUT_SEEDS[: len(reds)])
+    effect = Effect("iLECO" if target else "iLECO erase", path=path, prompts=[caption(s) for s in reds[:SHOWN]],
+                    pictures={"before": [], "after": []})
+    before = _judged(components, reds, HELD_OUT_SEEDS[: len(reds)], shown=effect.pictures["before"])
     plain = _judged(components, others, HELD_OUT_SEEDS[: len(others)])
     network = with_lora(components, config, path)
     try:
-        after = _judged(components, reds, HELD_OUT_SEEDS[: len(reds)])
+        after = _judged(components, reds, HELD_OUT_SEEDS[: len(reds)], shown=effect.pictures["after"])
         others_after = _judged(components, others, HELD_OUT_SEEDS[: len(others)])
     finally:
         network.remove()
-    return Effect("iLECO" if target else "iLECO erase", {
+    effect.numbers = {
         "moved": moved(after), "before": moved(before),
         "elsewhere_changed": _fraction(a.colour != b.colour for a, b in zip(plain, others_after, strict=True)),
-    }, path)
+    }
+    return effect
+
+
+EXTENT_TOLERANCE = 0.02  # of the picture side: the judge's extent of one shape varies this much by itself
+
+
+def slider_pair(folder: Path) -> tuple[Path, Path]:
+    """The pair of every slider job: a small green circle in the center, the same circle large."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "original.png", folder / "original_target.png"  # Multi-ADDifT's X.png, X_target.png
+    for size, path in zip((Size.SMALL, Size.LARGE), paths, strict=True):
+        draw(Scene(Shape.CIRCLE, Colour.GREEN, size, Position.CENTER, Background.WHITE)).save(path)
+    return paths
+
+
+# Tuned on the toy world (README): Difference's copier learns fast at 1e-2 and its second pass is
+# gentler, as the original's Difference_Use2ndPass preset has it; ADDifT at 1e-3 already bends colours.
+SLIDER_LR = {"Difference": 1e-2, "ADDifT": 5e-4, "Multi-ADDifT": 5e-4}
+SECOND_PASS_LR = 1e-3
+
+
+def slider_job(mode: str, folder: Path, steps: int, lr: float | None = None, **options) -> TrainConfig:
+    original, target = slider_pair(folder)
+    images = (dict(lora_data_directory=str(folder)) if mode == "Multi-ADDifT"
+              else dict(original_image=str(original), target_image=str(target)))
+    if mode == "Difference":
+        options = dict(diff_save_1st_pass=True,  # the copier, checked on its own
+                       use_2nd_pass_settings=True, second_pass={"train_learning_rate": SECOND_PASS_LR}) | options
+    lr = SLIDER_LR.get(mode, 1e-3) if lr is None else lr
+    options = dict(network_rank=4, network_alpha=4, train_batch_size=2) | options
+    return job(mode=mode, train_iterations=steps, train_learning_rate=lr, save_lora_name=f"slider-{mode}",
+               **images, **options)
+
+
+def unsized_caption(scene: Scene) -> str:
+    """The caption without its size word ("a red square on the left"): the slider sets the size."""
+    return f"a {scene.colour.value} {scene.shape.value} {POSITION_PHRASE[scene.position]}"
 
 
 def difference_slider(workdir: Path, components=None, *, mode: str = "Difference", steps: int = 400,
-                      lr: float = 1e-2, seeds: int = 30) -> Effect:
-    """Original a small circle, Target the same circle large: a slider over size.
+                      lr: float | None = None, seeds: int = 30, **options) -> Effect:
+    """Original a small circle, Target the same circle large: a slider over size, in Difference,
+    ADDifT or Multi-ADDifT mode, tried on world prompts that leave the size open.
 
     Numbers: `monotonic` the fraction of seeds whose judged extent grows with the multiplier over
-    SLIDER_MULTIPLIERS; `colour_kept` and `position_kept` the fractions of pictures at every
-    multiplier whose colour and position are those at 0; `extent_-1` ... `extent_1` the mean
-    extents.
+    SLIDER_MULTIPLIERS (each step at least -EXTENT_TOLERANCE); `colour_kept` and `position_kept`
+    the fractions of seeds whose colour and position stay those at 0 at every multiplier;
+    `extent_-1` ... `extent_1` the mean extents. Difference also: `copier_reproduces`, the fraction
+    of held-out seeds that the copier alone draws as the Original (small green circle in the
+    center) from the training prompt, and `copier_before`, the same for the bare model.
     """
     components = components or load_toy_model()
-    folder = Path(workdir) / "pair"
-    folder.mkdir(parents=True, exist_ok=True)
-    small = Scene(Shape.CIRCLE, Colour.GREEN, Size.SMALL, Position.CENTER, Background.WHITE)
-    large = Scene(Shape.CIRCLE, Colour.GREEN, Size.LARGE, Position.CENTER, Background.WHITE)
-    draw(small).save(folder / "original.png")
-    draw(large).save(folder / "target.png")
-    config = job(mode=mode, original_image=str(folder / "original.png"), target_image=str(folder / "target.png"),
-                 network_rank=4, network_alpha=4, train_iterations=steps, train_learning_rate=lr,
-                 train_batch_size=2, save_lora_name=f"slider-{mode}")
+    config = slider_job(mode, Path(workdir) / "pair", steps, lr, **options)
     path = run_job(config, output_dir=Path(workdir) / "out").path
     asked = world_prompts(colours=WORLD_COLOURS)[::3][:seeds]
+    prompts = [unsized_caption(scene) for scene in asked]
     seed_list = list(HELD_OUT_SEEDS[: len(asked)])
     by_multiplier = {}
-    network = with_lora(components, config, path)
+    effect = Effect(mode, path=path, prompts=prompts[:SHOWN])
+    network = with_lora(components, config.for_second_pass(), path)  # Difference's result is pass 2
     try:
         for multiplier in SLIDER_MULTIPLIERS:
             network.set_multiplier(multiplier)
-            by_multiplier[multiplier] = _judged(components, asked, seed_list)
+            shown = effect.pictures.setdefault(f"{multiplier:g}", [])
+            by_multiplier[multiplier] = _judged(components, asked, seed_list, prompts, shown=shown)
     finally:
         network.remove()
     rows = list(zip(*(by_multiplier[m] for m in SLIDER_MULTIPLIERS), strict=True))
     middle = SLIDER_MULTIPLIERS.index(0.0)
     numbers = {
-        "monotonic": _fraction(all(a.extent <= b.extent for a, b in zip(row[:-1], row[1:], strict=True))
+        "monotonic": _fraction(all(b.extent >= a.extent - EXTENT_TOLERANCE for a, b in zip(row[:-1], row[1:],
+                                                                                         strict=True))
                                for row in rows),
         "colour_kept": _fraction(all(v.colour == row[middle].colour for v in row) for row in rows),
         "position_kept": _fraction(all(v.position == row[middle].position for v in row) for row in rows),
     }
     for multiplier in SLIDER_MULTIPLIERS:
         numbers[f"extent_{multiplier:g}"] = sum(v.extent for v in by_multiplier[multiplier]) / len(asked)
-    return Effect(mode, numbers, path)
+    if mode == "Difference":
+        numbers |= copier_check(components, config, path.with_name(f"{path.stem}_copy{path.suffix}"), seeds)
+    effect.numbers = numbers
+    return effect
+
+
+def copier_check(components, config: TrainConfig, copier: Path, seeds: int) -> dict[str, float]:
+    """How often the copier alone draws the Original from the training prompt, and the bare model."""
+    original = Scene(Shape.CIRCLE, Colour.GREEN, Size.SMALL, Position.CENTER)
+    seed_list = list(HELD_OUT_SEEDS[: seeds])
+    prompts = [config.original_prompt] * seeds
+
+    def reproduced(verdicts) -> float:
+        return _fraction((v.colour, v.shape, v.size, v.position) == (original.colour, original.shape, original.size,
+                                                                      original.position) for v in verdicts)
+
+    before = _judged(components, [], seed_list, prompts)
+    network = with_lora(components, config, copier)
+    try:
+        after = _judged(components, [], seed_list, prompts)
+    finally:
+        network.remove()
+    return {"copier_reproduces": reproduced(after), "copier_before": reproduced(before)}

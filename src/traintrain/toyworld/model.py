@@ -103,8 +103,15 @@ def build_toy_components(recipe: Recipe = RECIPE) -> ModelComponents:
 
 
 def training_scenes(recipe: Recipe = RECIPE) -> list[Scene]:
-    """The pool both stages train on: every world colour, shape, size, position and background."""
+    """The pool the UNet trains on: every world colour, shape, size, position and background."""
     return sample_scenes(recipe.pool, seed=recipe.seed)
+
+
+def vae_scenes(recipe: Recipe = RECIPE) -> list[Scene]:
+    """The pool the VAE fits: every colour, the held-out one too. A real SD VAE reconstructs
+    colours its UNet never drew; one fitted on the world's colours only decodes magenta as red, and
+    no LoRA could then teach it."""
+    return sample_scenes(recipe.pool, seed=recipe.seed + 4, colours=tuple(Colour))
 
 
 def pictures_tensor(scenes: list[Scene], size: int) -> torch.Tensor:
@@ -238,10 +245,10 @@ def train_toy_world(recipe: Recipe = RECIPE, progress: Progress | None = None) -
     progress = progress or (lambda *_: None)
     torch.manual_seed(recipe.seed)
     components = build_toy_components(recipe)
+    train_vae(components.vae, pictures_tensor(vae_scenes(recipe), recipe.picture_size), recipe, progress)
+    components.vae.requires_grad_(False)
     scenes = training_scenes(recipe)
     pictures = pictures_tensor(scenes, recipe.picture_size)
-    train_vae(components.vae, pictures, recipe, progress)
-    components.vae.requires_grad_(False)
     train_denoiser(components, encode_pool(components.vae, pictures), scenes, recipe, progress)
     for part in (components.unet, components.vae, *components.text_encoders):
         part.requires_grad_(False)
@@ -253,11 +260,12 @@ def replay_fingerprints(recipe: Recipe = RECIPE, vae: AutoencoderKL | None = Non
     from `vae` (the committed one) so that it needs not the whole VAE stage."""
     torch.manual_seed(recipe.seed)
     components = build_toy_components(recipe)
+    quiet: Progress = lambda *_: None  # noqa: E731
+    train_vae(components.vae, pictures_tensor(vae_scenes(recipe), recipe.picture_size), recipe, quiet,
+              steps=recipe.fingerprint_steps)
+    found = {"vae": fingerprint(components.vae)}
     scenes = training_scenes(recipe)
     pictures = pictures_tensor(scenes, recipe.picture_size)
-    quiet: Progress = lambda *_: None  # noqa: E731
-    train_vae(components.vae, pictures, recipe, quiet, steps=recipe.fingerprint_steps)
-    found = {"vae": fingerprint(components.vae)}
     latents = encode_pool(vae if vae is not None else components.vae, pictures)
     train_denoiser(components, latents, scenes, recipe, quiet, steps=recipe.fingerprint_steps)
     found["unet"] = fingerprint(components.unet)
