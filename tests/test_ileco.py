@@ -144,3 +144,19 @@ def test_ileco_latent_source(model, kind):
     else:
         assert len(distinct) == {"fresh": 80, "once": 2}[kind]
 
+
+
+def test_text_encoder_training_with_cross_attention_only_says_it_trains_nothing_of_it(model, tmp_path):
+    from traintrain.training.events import Message
+
+    messages = []
+    config = ileco_config(model, "", train_iterations=1, network_train_text_encoder=True)  # CrossAttention
+    run_job(config, output_dir=tmp_path, report=lambda event: messages.append(event))
+    said = [m.text for m in messages if isinstance(m, Message) and "network_train_text_encoder" in m.text]
+    assert said and "nothing of it is trained" in said[0]
+    full = ileco_config(model, "", train_iterations=1, network_train_text_encoder=True, network_element="Full",
+                        save_lora_name="full")
+    messages.clear()
+    result = run_job(full, output_dir=tmp_path, report=lambda event: messages.append(event))
+    assert not [m for m in messages if isinstance(m, Message) and "network_train_text_encoder" in m.text]
+    assert any(key.startswith("lora_te") for key in load_lora(result.path)[0])

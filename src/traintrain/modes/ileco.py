@@ -27,6 +27,7 @@ from traintrain.modes.common import (
 )
 from traintrain.modes.denoising import training_timesteps, unet_predict
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
+from traintrain.training.events import Message
 from traintrain.training.loss import denoising_loss
 
 
@@ -103,6 +104,12 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
 
 def train_ileco(config, components, run) -> ModeOutcome:
     network = build_network(components, ileco_spec(config), run, resume=config.network_resume)
+    if config.network_train_text_encoder and not len(network.text_encoder_modules):
+        run.report(Message(  # as in the original, nothing of the text encoder is trained then: say so
+            f"network_train_text_encoder: the text encoder has no cross-attention, so with network_element="
+            f"{config.network_element.value} nothing of it is trained; choose Full or SelfAttention to train it",
+            level="warning",
+        ))
     network.set_enabled(False)  # the target is the frozen model's, whatever a resumed text-encoder LoRA holds
     original, target = fixed_conditionings(components, [config.original_prompt, config.target_prompt])
     network.set_enabled(True)
