@@ -9,7 +9,7 @@ to margins.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -26,7 +26,6 @@ from traintrain.toyworld.release import load_toy_model, toy_model_path
 from traintrain.toyworld.sampling import draw_prompts
 from traintrain.toyworld.scenes import (
     HELD_OUT_COLOUR,
-    POSITION_PHRASE,
     WORLD_COLOURS,
     Background,
     Colour,
@@ -180,12 +179,16 @@ def ileco(workdir: Path, components=None, *, original: Colour = Colour.RED, targ
 EXTENT_TOLERANCE = 0.02  # of the picture side: the judge's extent of one shape varies this much by itself
 
 
+SLIDER_ORIGINAL = Scene(Shape.CIRCLE, Colour.GREEN, Size.SMALL, Position.CENTER, Background.WHITE)
+
+
 def slider_pair(folder: Path) -> tuple[Path, Path]:
-    """The pair of every slider job: a small green circle in the center, the same circle large."""
+    """The pair of every slider job: SLIDER_ORIGINAL, a small green circle in the center, and the
+    same circle large."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / "original.png", folder / "original_target.png"  # Multi-ADDifT's X.png, X_target.png
     for size, path in zip((Size.SMALL, Size.LARGE), paths, strict=True):
-        draw(Scene(Shape.CIRCLE, Colour.GREEN, size, Position.CENTER, Background.WHITE)).save(path)
+        draw(replace(SLIDER_ORIGINAL, size=size)).save(path)
     return paths
 
 
@@ -208,11 +211,6 @@ def slider_job(mode: str, folder: Path, steps: int, lr: float | None = None, **o
                **images, **options)
 
 
-def unsized_caption(scene: Scene) -> str:
-    """The caption without its size word ("a red square on the left"): the slider sets the size."""
-    return f"a {scene.colour.value} {scene.shape.value} {POSITION_PHRASE[scene.position]}"
-
-
 def difference_slider(workdir: Path, components=None, *, mode: str = "Difference", steps: int = 400,
                       lr: float | None = None, seeds: int = 30, **options) -> Effect:
     """Original a small circle, Target the same circle large: a slider over size, in Difference,
@@ -229,7 +227,7 @@ def difference_slider(workdir: Path, components=None, *, mode: str = "Difference
     config = slider_job(mode, Path(workdir) / "pair", steps, lr, **options)
     path = run_job(config, output_dir=Path(workdir) / "out").path
     asked = world_prompts(colours=WORLD_COLOURS)[::3][:seeds]
-    prompts = [unsized_caption(scene) for scene in asked]
+    prompts = [caption(scene, size=False) for scene in asked]
     seed_list = list(HELD_OUT_SEEDS[: len(asked)])
     by_multiplier = {}
     effect = Effect(mode, path=path, prompts=prompts[:SHOWN])
@@ -260,13 +258,12 @@ def difference_slider(workdir: Path, components=None, *, mode: str = "Difference
 
 def copier_check(components, config: TrainConfig, copier: Path, seeds: int) -> dict[str, float]:
     """How often the copier alone draws the Original from the training prompt, and the bare model."""
-    original = Scene(Shape.CIRCLE, Colour.GREEN, Size.SMALL, Position.CENTER)
     seed_list = list(HELD_OUT_SEEDS[: seeds])
     prompts = [config.original_prompt] * seeds
+    wanted = (SLIDER_ORIGINAL.colour, SLIDER_ORIGINAL.shape, SLIDER_ORIGINAL.size, SLIDER_ORIGINAL.position)
 
     def reproduced(verdicts) -> float:
-        return _fraction((v.colour, v.shape, v.size, v.position) == (original.colour, original.shape, original.size,
-                                                                      original.position) for v in verdicts)
+        return _fraction((v.colour, v.shape, v.size, v.position) == wanted for v in verdicts)
 
     before = _judged(components, [], seed_list, prompts)
     network = with_lora(components, config, copier)

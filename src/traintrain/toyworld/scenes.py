@@ -97,9 +97,11 @@ class Scene:
     scale: float = 1.0
 
 
-def caption(scene: Scene) -> str:
-    """The prompt that names what is drawn, e.g. "a small red circle on the left"."""
-    return f"a {scene.size.value} {scene.colour.value} {scene.shape.value} {POSITION_PHRASE[scene.position]}"
+def caption(scene: Scene, *, size: bool = True) -> str:
+    """The prompt that names what is drawn, e.g. "a small red circle on the left" (without `size`:
+    "a red circle on the left", for a slider that sets the size)."""
+    size_word = f"{scene.size.value} " if size else ""
+    return f"a {size_word}{scene.colour.value} {scene.shape.value} {POSITION_PHRASE[scene.position]}"
 
 
 def draw(scene: Scene, size: int = 64) -> Image.Image:
