@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
+import pytest
 import torch
 
 from traintrain.models.families import Family
@@ -47,3 +49,19 @@ def a1111_vae_state(vae) -> dict[str, torch.Tensor]:
 
     ldm = vae_to_ldm(vae.state_dict(), vae.config)
     return {key.removeprefix(VAE_PREFIX): value.contiguous() for key, value in ldm.items()}
+
+
+READ_BACKS = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+
+@contextmanager
+def no_read_back():
+    """Inside, reading a tensor back to Python (item, float, bool, ...) raises: on a GPU each read
+    waits for all queued work, so a training step must not do one."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a tensor was read back to Python")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in READ_BACKS:
+            patch.setattr(torch.Tensor, name, refuse)
+        yield

@@ -3,7 +3,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from helpers import randomize_network, tiny_components, unet_inputs
+from helpers import no_read_back, randomize_network, tiny_components, unet_inputs
 from traintrain.errors import UserError
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.networks.targeting import block_id_of, text_encoder_targets, unet_block_ids, unet_targets
@@ -205,3 +205,26 @@ def test_resume_continues_from_a_file_and_refuses_another_shape(tmp_path):
         AdapterNetwork(tiny_components(), spec(network_type="loha")).resume_from(path)
     with pytest.raises(UserError, match="not found"):
         resumed.resume_from(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("network_type", ["lierla", "c3lier", "loha", "lokr"])
+def test_a_training_forward_and_backward_read_nothing_back(network_type):
+    components = tiny_components()
+    network = AdapterNetwork(components, spec(network_type=network_type)).apply()
+    latents, t, hidden = unet_inputs(components)
+    with no_read_back():
+        out = components.unet(latents, t, encoder_hidden_states=hidden).sample
+        out.square().mean().backward()
+    assert all(p.grad is not None for module in network.unet_modules for p in module.parameters())
+
+
+def test_a_files_alpha_sets_the_scale():
+    """A module built with alpha 2 that loads a file of alpha 4 computes what one built with 4 does."""
+    source = randomize_network(AdapterNetwork(tiny_components(), spec(rank=4, alpha=4)))
+    tensors = source.tensors_for_save(torch.float32)
+    outputs = []
+    for built_alpha in (4, 2):
+        components = tiny_components()
+        AdapterNetwork(components, spec(rank=4, alpha=built_alpha)).apply().load_tensors(tensors)
+        outputs.append(unet_out(components))
+    assert torch.equal(outputs[0], outputs[1])

@@ -45,18 +45,19 @@ class LoRAModule(AdapterModule):
         self.rank = rank
         alpha = rank if alpha in (None, 0) else alpha
         self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.scale = float(alpha) / rank  # a Python number: reading the buffer each call would wait for the GPU
         # An untrained adapter must change nothing: random down, zero up (kohya's init).
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
         self.to(dtype)
 
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
-
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         lora_dtype = self.lora_down.weight.dtype
         return self.lora_up(self.lora_down(x.to(lora_dtype))) * (self.multiplier * self.scale)
+
+    def load_saved_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_saved_tensors(tensors)
+        self.scale = float(self.alpha) / self.rank  # a file's alpha may differ from the one built with
 
     def saved_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors under kohya's suffixes, in the layout A1111, ComfyUI and diffusers read."""
