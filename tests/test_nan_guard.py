@@ -47,8 +47,9 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.mark.parametrize("sync_every", [0, 3])  # 3: step 5's loss is read back at step 6, before its save
 @pytest.mark.parametrize("how, problem", [("loss", "the loss is nan"), ("gradient", "the gradient norm is nan")])
-def test_non_finite_step_stops_and_keeps_the_last_good_save(root, tmp_path, monkeypatch, how, problem):
+def test_non_finite_step_stops_and_keeps_the_last_good_save(root, tmp_path, monkeypatch, how, problem, sync_every):
     break_steps(monkeypatch, {5}, how)
     saved = {}  # each file's bytes when it was saved
 
@@ -57,7 +58,8 @@ def test_non_finite_step_stops_and_keeps_the_last_good_save(root, tmp_path, monk
             saved[event.path] = Path(event.path).read_bytes()
 
     with pytest.raises(NonFiniteLoss) as info:
-        run_job(tiny_job(root, train_iterations=8, save_per_steps=2), output_dir=tmp_path, report=report)
+        run_job(tiny_job(root, train_iterations=8, save_per_steps=2, train_sync_every=sync_every), output_dir=tmp_path,
+                report=report)
     message = str(info.value)
     assert "step 5" in message and problem in message and "\n" not in message
     assert "fp16" in message and "learning rate" in message and "job_4steps.safetensors is kept" in message

@@ -107,8 +107,9 @@ def test_resumed_run_is_bit_identical(root, uninterrupted, tmp_path, mode, phase
         assert_identical(tensors(whole_folder / "job_copy.safetensors"), tensors(tmp_path / "cut" / "job_copy.safetensors"))
 
 
-def test_stop_state_keeps_only_the_newest_and_resumes_into_another_folder(root, tmp_path):
-    config = job(root, "LoRA", train_iterations=8, save_per_steps=2)
+@pytest.mark.parametrize("sync_every", [0, 3])  # 3: the stop at step 6 reads steps 4-6 back before saving
+def test_stop_state_keeps_only_the_newest_and_resumes_into_another_folder(root, tmp_path, sync_every):
+    config = job(root, "LoRA", train_iterations=8, save_per_steps=2, train_sync_every=sync_every)
     stop, report = stop_when(at_saved_step(6))
     with pytest.raises(TrainingStopped):
         run_job(config, output_dir=tmp_path / "a", report=report, stop=stop)
@@ -117,6 +118,7 @@ def test_stop_state_keeps_only_the_newest_and_resumes_into_another_folder(root, 
     ]
     result = resume_job(tmp_path / "a" / "job_6steps.state", output_dir=tmp_path / "b")
     assert result.path == tmp_path / "b" / "job.safetensors" and len(result.losses) == 8
+    assert result.losses == run_job(config, output_dir=tmp_path / "c").losses
 
 
 def test_bad_state_files_are_user_errors(tmp_path):

@@ -181,6 +181,11 @@ class TrainConfig:
         NanPolicy.STOP, "a non-finite loss or gradient: stop (keeping the last save) or skip the step"
     )
     train_nan_skip_limit: int = _param(10, "with train_nan_policy=skip: stop after this many skipped steps", minimum=0)
+    train_sync_every: int = _param(
+        0, "read the loss back from the GPU every N steps, not every step: each read waits for the GPU "
+        "(0 = 1 on the CPU, 10 on a GPU; skip and reduce_on_plateau read every step). The NaN guard still "
+        "names the step", minimum=0,
+    )
     gradient_accumulation_steps: int = _param(
         1, "sum the gradients of this many batches per optimizer step (effective batch = batch size x this)", minimum=1
     )

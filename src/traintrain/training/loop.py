@@ -8,11 +8,14 @@ With `checkpoints`, each step's file save also writes a resumable state, a resum
 after its saved step, and a stop request ends the run after the current step with a save and a state.
 A non-finite loss or gradient stops the run before anything is written (or, with
 `train_nan_policy=skip`, the step is skipped, up to `train_nan_skip_limit` times).
+Losses are read back from the device every `train_sync_every` steps and before every save, not
+after each step: a read waits for the GPU to finish all queued work (see ReadBacks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +31,8 @@ from traintrain.training.events import Message, Progress, Reporter
 from traintrain.training.optimizers import build_training_optimizer
 
 T = TypeVar("T")
+SYNC_EVERY_ON_ACCELERATORS = 10  # train_sync_every 0 on a GPU: read the losses back every 10 steps ...
+PROGRESS_SECONDS = 2.0  # ... or sooner, so that progress still moves on slow steps
 
 
 class DataOrder(Protocol):
@@ -88,9 +93,10 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
     if task.preview_every and task.on_preview and start == 0:  # "before": what the training changes from
         _with_saved_weights(training, task.on_preview, 0)
     last_saved = None
-    started = time.monotonic()
+    reads = ReadBacks(task, config, result, report, start, every=_read_every(config, training, params))
     for step in range(start + 1, task.iterations + 1):
-        value, problem = _accumulate_gradients(task, step, config.gradient_accumulation_steps, params)
+        loss, norm = _accumulate_gradients(task, step, config.gradient_accumulation_steps, params)
+        value, problem = reads.now(loss, norm) if reads.each_step else (None, None)
         if problem is None:
             optimizer.step()
         else:
@@ -98,22 +104,26 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
             _guard(config, step, problem, result.skipped, last_saved, report)
         learning_rate = training.learning_rate()
         optimizer.zero_grad(set_to_none=True)
-        if problem is None:
-            result.average = value if result.average is None else 0.9 * result.average + 0.1 * value
-        training.step_schedule(result.average)  # reduce_on_plateau watches the loss average
-        result.losses.append(value)
-        result.learning_rates.append(learning_rate)
-        elapsed = time.monotonic() - started
-        eta = elapsed / (step - start) * (task.iterations - step)
-        average = value if result.average is None else result.average  # a skipped first step has none yet
-        report(Progress(task.phase, step, task.iterations, value, average, learning_rate, elapsed, eta))
+        if value is not None:
+            reads.record(value, problem, learning_rate)
+        else:
+            reads.pending.append((step, loss, norm, learning_rate))
+        training.step_schedule(result.average)  # reduce_on_plateau watches the loss average (read every step)
+        if value is not None:
+            reads.report_progress(step, value, learning_rate)
 
+        save_due = bool(task.save_every and step % task.save_every == 0 and step < task.iterations)
+        preview_due = bool(task.preview_every and step % task.preview_every == 0 and step < task.iterations)
+        if save_due or preview_due or step == task.iterations or reads.due():
+            reads.drain(last_saved)  # nothing is written from weights whose losses were not checked
         saved = None
-        if task.save_every and task.on_save and step % task.save_every == 0 and step < task.iterations:
+        if save_due and task.on_save:
             saved = _with_saved_weights(training, task.on_save, step)
-        if task.preview_every and task.on_preview and step % task.preview_every == 0 and step < task.iterations:
+        if preview_due and task.on_preview:
             _with_saved_weights(training, task.on_preview, step)  # previews show the weights a save would hold
         stop = checkpoints is not None and checkpoints.stop_requested.is_set() and step < task.iterations
+        if stop:
+            reads.drain(last_saved)
         if stop and saved is None and task.on_save:
             saved = _with_saved_weights(training, task.on_save, step)
         state = None
@@ -135,24 +145,86 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
     return result
 
 
-def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int, params) -> tuple[float, str | None]:
+def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int, params):
     """Backward `micro_steps` batches' losses / micro_steps (gradient_accumulation_steps), then clip.
 
-    Every batch is drawn even after a non-finite one, so the data order always advances by
-    `micro_steps` per optimizer step. Returns the mean loss and what was wrong, if anything.
+    Returns the mean loss and the gradient norm before clipping, as tensors: nothing is read back
+    here. Every batch is drawn and backed even after a non-finite one (its step is skipped or
+    stops the run), so the data order always advances by `micro_steps` per optimizer step.
     """
-    values, problem = [], None
+    losses = []
     for _ in range(micro_steps):
         loss = task.compute_loss(step)
-        values.append(float(loss.detach()))
-        if problem is None and not torch.isfinite(loss):
-            problem = f"the loss is {loss.item()}"
+        (loss if micro_steps == 1 else loss / micro_steps).backward()
+        losses.append(loss.detach())
+    mean = losses[0] if micro_steps == 1 else torch.stack([value.double() for value in losses]).mean()
+    return mean, torch.nn.utils.clip_grad_norm_(params, 1.0)
+
+
+def _read_every(config, training, params) -> int:
+    """Steps between reads of the loss. The skip policy decides before the optimizer step and
+    reduce_on_plateau after it: both need every step's loss at once. On the CPU a read costs nothing."""
+    if config.train_nan_policy == NanPolicy.SKIP or training.follows_loss:
+        return 1
+    if config.train_sync_every:
+        return config.train_sync_every
+    on_cpu = not params or params[0].device.type == "cpu"
+    return 1 if on_cpu else SYNC_EVERY_ON_ACCELERATORS
+
+
+class ReadBacks:
+    """The losses of steps run but not yet read back, and reading them: every step, or all at once
+    (one wait for the device) every train_sync_every steps, at most PROGRESS_SECONDS apart, and
+    before anything is saved. Reading reports each step's progress and stops at the first
+    non-finite one, naming it."""
+
+    def __init__(self, task, config, result: LoopResult, report: Reporter, start: int, every: int):
+        self.task, self.config, self.result, self.report, self.start = task, config, result, report, start
+        self.every, self.each_step = every, every == 1
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+        self.started = self.last_read = time.monotonic()
+
+    def now(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, str | None]:
+        loss_value, norm_value = torch.stack([loss.double(), norm.double()]).tolist()
+        return loss_value, _problem(loss_value, norm_value)
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.every or time.monotonic() - self.last_read >= PROGRESS_SECONDS
+
+    def drain(self, last_saved: Path | None) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        values = torch.stack([t.double() for _, loss, norm, _ in pending for t in (loss, norm)]).tolist()
+        self.last_read = time.monotonic()
+        for index, (step, _, _, learning_rate) in enumerate(pending):
+            loss_value, norm_value = values[2 * index], values[2 * index + 1]
+            problem = _problem(loss_value, norm_value)
+            if problem is not None:  # the skip policy reads every step, so this stops the run
+                _guard(self.config, step, problem, self.result.skipped + 1, last_saved, self.report)
+            self.record(loss_value, None, learning_rate)
+            self.report_progress(step, loss_value, learning_rate)
+
+    def record(self, value: float, problem: str | None, learning_rate: float) -> None:
+        result = self.result
         if problem is None:
-            (loss if micro_steps == 1 else loss / micro_steps).backward()
-    if problem is None:
-        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        problem = None if torch.isfinite(norm) else f"the gradient norm is {norm.item()}"
-    return sum(values) / micro_steps, problem
+            result.average = value if result.average is None else 0.9 * result.average + 0.1 * value
+        result.losses.append(value)
+        result.learning_rates.append(learning_rate)
+
+    def report_progress(self, step: int, value: float, learning_rate: float) -> None:
+        result = self.result
+        elapsed = time.monotonic() - self.started
+        iterations = self.task.iterations
+        eta = elapsed / (step - self.start) * (iterations - step)
+        average = value if result.average is None else result.average  # a skipped first step has none yet
+        self.report(Progress(self.task.phase, step, iterations, value, average, learning_rate, elapsed, eta))
+
+
+def _problem(loss: float, norm: float) -> str | None:
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    return None if math.isfinite(norm) else f"the gradient norm is {norm}"
 
 
 def _with_saved_weights(training, action: Callable[[int], T], step: int) -> T:

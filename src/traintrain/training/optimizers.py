@@ -106,6 +106,11 @@ class TrainingOptimizer:
         else:
             self.scheduler.step()
 
+    @property
+    def follows_loss(self) -> bool:
+        """reduce_on_plateau reads the loss average after every step."""
+        return isinstance(self.scheduler, WarmedSchedule) and self.scheduler.plateau
+
     def learning_rate(self) -> float:
         """The lr of the first group's last step, including what adaptive optimizers found."""
         if self.relative_step:
