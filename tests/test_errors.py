@@ -11,7 +11,7 @@ from traintrain.config import TrainConfig
 from traintrain.errors import OUTPUT_DIR, UserError
 
 SOURCE = Path(traintrain.__file__).parent
-FACES = {"cli.py", "cli_progress.py", "cli_queue.py", "cli_ui.py"}  # the command-line face may name its flags
+FACES = {"cli.py", "cli_processes.py", "cli_progress.py", "cli_queue.py", "cli_ui.py"}  # the command-line face may name its flags
 
 
 def cli_flags() -> set[str]:

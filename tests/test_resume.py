@@ -18,7 +18,11 @@ STEPS = dict(train_iterations=8, save_per_steps=4)
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
+    return write_inputs(tmp_path_factory.mktemp("resume"))
+
+
+def write_inputs(root):
+    """The tiny model, the LoRA images and the Difference pair under `root`, as `job` uses them."""
     tiny_job(root)  # writes the model and images once
     for name, color in (("original", (200, 40, 40)), ("target", (40, 60, 200))):
         image = Image.new("RGB", (64, 64), (235, 235, 225))

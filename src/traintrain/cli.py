@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
+from traintrain.cli_processes import is_main_process, launch, launched, positive_count
 from traintrain.cli_queue import add_queue_parser, command_queue
 from traintrain.cli_ui import UI_FLAGS, add_ui_parser, command_ui
 from traintrain.config import Choice, TrainConfig, parameter_types
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["stop", "skip"],
         help="a non-finite loss or gradient: stop (default, exit code 3, the last save kept) or skip the step "
         "(train_nan_policy, at most train_nan_skip_limit times)",
+    )
+    train.add_argument(
+        "--num-processes", metavar="N", type=positive_count, default=1,
+        help="data-parallel training in N processes (one per GPU; gloo on the CPU), each on 1/N of every batch: "
+        "the same as accelerate launch --num_processes N -m traintrain train ...",
     )
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
@@ -252,6 +258,14 @@ def _command_train(args) -> int:
         config = config_from_args(args)
         if config.model and not Path(config.model).exists():
             raise UserError(f"model not found: {config.model} (give a .safetensors/.ckpt file or a diffusers folder)")
+    if args.num_processes > 1 and not launched():
+        from traintrain.cli_processes import check_launch
+        from traintrain.jobs.runner import check_inputs
+
+        if not args.resume:
+            check_inputs(config)
+        check_launch(args.num_processes, None if args.resume else config.train_batch_size)
+        return launch(args.argv, args.num_processes)
     iterations = None
     if "train_iterations" in resume_values:
         iterations = TrainConfig().with_values(train_iterations=resume_values["train_iterations"]).train_iterations
@@ -279,12 +293,15 @@ def _command_train(args) -> int:
                 )
     except TrainingStopped as exc:
         resume = f"; continue with: traintrain train --resume {exc.state}" if exc.state else ""
-        print(f"traintrain: {exc}{resume}", file=sys.stderr)
+        if is_main_process():
+            print(f"traintrain: {exc}{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except NonFiniteLoss as exc:
-        print(f"traintrain: error: {exc}", file=sys.stderr)
+        if is_main_process():
+            print(f"traintrain: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
-    print(f"saved {result.path} (seed {result.seed})")
+    if is_main_process():
+        print(f"saved {result.path} (seed {result.seed})")
     return 0
 
 
@@ -429,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return int(exc.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes starts the same command N times
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

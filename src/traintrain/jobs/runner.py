@@ -19,10 +19,11 @@ from traintrain.modes.registry import ModeOutcome, TrainingMode, every, get_mode
 from traintrain.rendering import check_sampler
 from traintrain.training.checkpoint import Checkpoints, load_state
 from traintrain.training.context import RunContext
+from traintrain.training.distributed import launched_processes
 from traintrain.training.events import Message, Reporter, ignore
 from traintrain.training.preflight import check_resources, check_training_options
 from traintrain.training.run_logs import RunLogs
-from traintrain.training.runtime import choose_seed, freeze_model, noise_scheduler, pick_device, resolve_dtype
+from traintrain.training.runtime import choose_seed, freeze_model, noise_scheduler, resolve_dtype
 from traintrain.training.saving import LoraWriter, OutputPlan, check_save_name
 
 
@@ -59,8 +60,12 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     from traintrain.models.external_vae import use_external_vae
     from traintrain.models.loading import load_model
 
+    processes = launched_processes()  # accelerate launch: one of several data-parallel processes
+    if not processes.main:
+        report = ignore  # the main process reports, logs and writes
     mode = check_inputs(config)
     check_training_options(config)
+    processes.check_batch(config.train_batch_size)
     if mode.preview_prompts(config):
         check_sampler(config.gen_noise_scheduler)
     plan = OutputPlan(Path(lora_dir or output_dir), check_save_name(config.output_name))
@@ -79,28 +84,31 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
                             use_ema=config.model_use_ema, report=report)
     if config.model_vae:
         use_external_vae(components, config.model_vae, report)
-    device = pick_device()
+    device = processes.device()
     model_dtype = resolve_dtype(config.train_model_precision, device, "train_model_precision", report)
     lora_dtype = resolve_dtype(config.train_lora_precision, device, "train_lora_precision", report)
     vae_dtype = resolve_dtype(config.train_vae_precision, device, "train_vae_precision", report)
     freeze_model(components, device, model_dtype, config.use_gradient_checkpointing, vae_dtype)
 
-    seed = resume["job"]["seed"] if resume else choose_seed(config.train_seed)
+    seed = resume["job"]["seed"] if resume else processes.agree(choose_seed(config.train_seed))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    report = RunLogs(config, Path(output_dir), seed, report)  # CSV, TensorBoard and JSON records of the run
-    report(Message(f"model {components.family.value} from {config.model}; seed {seed}; device {device.type}"))
+    if processes.main:
+        report = RunLogs(config, Path(output_dir), seed, report)  # CSV, TensorBoard and JSON records of the run
+    processes_note = f"; {processes.count} processes" if processes.distributed else ""
+    report(Message(f"model {components.family.value} from {config.model}; seed {seed}; device {device.type}"
+                   f"{processes_note}"))
     if components.prediction:
         level = "warning" if components.prediction.against_evidence else "info"
         report(Message(components.prediction.describe(), level))
     started_at = resume["job"]["started_at"] if resume else time.time()
     writer = LoraWriter(plan, config, components.spec, components.v_prediction, seed, report, started_at,
-                        final_suffix=final_suffix)
+                        final_suffix=final_suffix, writes=processes.main)
     job = {"config": config.to_json_dict(), "output_dir": str(output_dir), "tokenizer_dir": tokenizer_dir,
            "seed": seed, "started_at": started_at, "lora_dir": str(lora_dir) if lora_dir else None}
-    checkpoints = Checkpoints(job, generator, resume, stop)
+    checkpoints = Checkpoints(job, generator, resume, stop, writes=processes.main)
     run = RunContext(device, model_dtype, lora_dtype, seed, generator, noise_scheduler(components.v_prediction), writer,
-                     report, checkpoints)
+                     report, checkpoints, processes)
     outcome = mode.train(config, components, run)
     if mode.preview_prompts(config):
         outcome.preview = render_previews(config, components, outcome.network, outcome.copier, run, suffix=final_suffix)

@@ -20,6 +20,10 @@ class Conditioning:
     hidden: torch.Tensor  # [B, 77 * chunks, D]
     pooled: torch.Tensor | None = None  # SDXL: pooled OpenCLIP-bigG embedding [B, 1280]
 
+    def map(self, function) -> Conditioning:
+        """The same function applied to each tensor (a batch shard, a device move)."""
+        return Conditioning(function(self.hidden), None if self.pooled is None else function(self.pooled))
+
 
 def chunk_token_ids(tokenizer, text: str) -> list[list[int]]:
     """Token ids of `text` in 77-long chunks: BOS, up to 75 tokens, EOS, padding."""

@@ -63,8 +63,12 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
         if config.diff_alt_ratio < 0 and not forward:
             original = target = noise
         reference_latent, adapted_latent = (original, target) if forward else (target, original)
-        reference_cond = stack_conditionings([conds[index_of[id(s)]][0] for s in chosen])
-        adapted_cond = stack_conditionings([conds[index_of[id(s)]][1] for s in chosen])
+        shard = run.processes.shard  # data-parallel: the UNet runs on this process's share of the batch
+        reference_latent, adapted_latent, noise, timesteps = (
+            shard(value) for value in (reference_latent, adapted_latent, noise, timesteps)
+        )
+        reference_cond = stack_conditionings([conds[index_of[id(s)]][0] for s in chosen]).map(shard)
+        adapted_cond = stack_conditionings([conds[index_of[id(s)]][1] for s in chosen]).map(shard)
         with torch.no_grad():
             network.set_enabled(False)
             reference = unet_predict(
@@ -78,8 +82,8 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
         network.set_multiplier(1.0)
         mask = None
         if config.diff_use_diff_mask and chosen[0].mask is not None:
-            mask = torch.stack([s.mask for s in chosen]).to(prediction.device)
-        return denoising_loss(
+            mask = shard(torch.stack([s.mask for s in chosen])).to(prediction.device)
+        loss = denoising_loss(
             prediction,
             reference,
             timesteps.to(prediction.device),
@@ -89,6 +93,7 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
             mask=mask,
             loss_function=config.train_loss_function,
         )
+        return run.processes.weigh(loss, len(chosen))
 
     return compute_loss
 

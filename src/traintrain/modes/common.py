@@ -88,6 +88,7 @@ def train_result_network(
         preview,
         data_order,
         run.checkpoints,
+        processes=run.processes,
     )
     saved: list[Path] = []
 

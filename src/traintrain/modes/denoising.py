@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from traintrain.models.families import Family
+from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.loss import denoising_loss
 
 
@@ -65,10 +66,11 @@ def training_timesteps(batch: int, low: int, high: int, generator, shared: bool 
 
 
 def denoising_step_loss(components, scheduler, latents, conditioning, config, generator, mask=None,
-                        noise: torch.Tensor | None = None) -> torch.Tensor:
+                        noise: torch.Tensor | None = None, processes: Processes = SINGLE) -> torch.Tensor:
     """LoRA loss: t ~ U[min_t, max_t), x_t = add_noise(x0, eps, t), target eps (or v), min-SNR weighted.
 
-    `noise`: use this noise (diff_use_fixed_noise) instead of drawing fresh noise.
+    `noise`: use this noise (diff_use_fixed_noise) instead of drawing fresh noise. The whole batch's
+    noise and timesteps are drawn in every process; the UNet runs on this process's shard.
     """
     batch = latents.shape[0]
     if noise is None:
@@ -81,10 +83,13 @@ def denoising_step_loss(components, scheduler, latents, conditioning, config, ge
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    prediction = unet_predict(components, noisy, timesteps, conditioning)
+    shard = processes.shard  # the whole batch was drawn; the UNet runs on this process's share
+    noisy, target, timesteps, mask = shard(noisy), shard(target), shard(timesteps), shard(mask)
+    prediction = unet_predict(components, noisy, timesteps, conditioning.map(processes.shard))
     device = prediction.device
-    return denoising_loss(
+    loss = denoising_loss(
         prediction, target.to(device), timesteps.to(device), scheduler.alphas_cumprod,
         snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction,
         mask=None if mask is None else mask.to(device), loss_function=config.train_loss_function,
     )
+    return processes.weigh(loss, batch)

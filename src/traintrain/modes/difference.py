@@ -42,7 +42,8 @@ def image_loss_fn(components, config, run, latents: list[torch.Tensor], cond):
         batch = torch.stack([picker.choice(latents) for _ in range(config.train_batch_size)])
         noise = fixed_noise(batch.shape) if fixed_noise else None
         return denoising_step_loss(
-            components, run.noise_scheduler, batch, batch_cond, config, run.generator, noise=noise
+            components, run.noise_scheduler, batch, batch_cond, config, run.generator, noise=noise,
+            processes=run.processes,
         )
 
     return compute_loss, picker
@@ -86,6 +87,7 @@ def train_copier(config, components, run, samples, cond):
         checkpoints=run.checkpoints,
         on_final_save=save_final if result_only or config.diff_save_1st_pass else None,
         keep_final_state=result_only and config.save_state,
+        processes=run.processes,
     )
     result = run_loop(task, config, run.report)
     return copier, result.losses, saved

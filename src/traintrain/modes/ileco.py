@@ -70,7 +70,8 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
     """
     scheduler = run.noise_scheduler
     batch = config.train_batch_size
-    original_b, target_b = repeat_conditioning(original, batch), repeat_conditioning(target, batch)
+    shard = run.processes.shard  # data-parallel: the UNet runs on this process's share of the batch
+    original_b, target_b = (repeat_conditioning(c, batch).map(shard) for c in (original, target))
 
     def compute_loss(step: int) -> torch.Tensor:
         latent = latents()
@@ -81,15 +82,16 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
             run.generator,
             config.train_fixed_timsteps_in_batch,
         )
+        latent, timesteps = shard(latent), shard(timesteps)
         adapted_b = original_b
         if config.network_train_text_encoder:
-            adapted_b = repeat_conditioning(encode_prompts(components, [config.original_prompt]), batch)
+            adapted_b = repeat_conditioning(encode_prompts(components, [config.original_prompt]), len(timesteps))
         with torch.no_grad():
             network.set_enabled(False)
             wanted = unet_predict(components, latent, timesteps, target_b)
             network.set_enabled(True)
         prediction = unet_predict(components, latent, timesteps, adapted_b)
-        return denoising_loss(
+        loss = denoising_loss(
             prediction,
             wanted,
             timesteps.to(prediction.device),
@@ -98,6 +100,7 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
             v_prediction=components.v_prediction,
             loss_function=config.train_loss_function,
         )
+        return run.processes.weigh(loss, batch)
 
     return compute_loss
 

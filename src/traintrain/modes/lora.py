@@ -70,7 +70,8 @@ def train_lora(config, components, run) -> ModeOutcome:
             if all(m is None for m in masks)
             else torch.stack([m if m is not None else torch.ones_like(latents[0, :1]) for m in masks])
         )
-        return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask)
+        return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask,
+                                   processes=run.processes)
 
     outcome = train_result_network("LoRA", network, config, compute_loss, components, run, data_order=batches)
     outcome.extras["data"] = data

@@ -29,6 +29,8 @@ def render_previews(config, components, network, copier, run, suffix: str = "") 
     """`copier` (Difference's frozen pass-1 network, or None) is switched off while rendering."""
     prompts = preview_prompts(config)
     target = run.writer.plan.directory / f"{run.writer.plan.name}{suffix}_preview.png"
+    if not run.processes.main:  # data-parallel: the main process renders them
+        return target
     run.report(Message(f"rendering previews for {len(prompts)} prompt(s) at multipliers -1, 0, +1"))
     was_training = components.unet.training
     components.unet.eval()

@@ -57,13 +57,14 @@ class Checkpoints:
     """One job's resumable states and its stop request, shared by the loops of all its phases."""
 
     def __init__(self, job: dict, generator: torch.Generator, resumed: dict | None = None,
-                 stop_requested: threading.Event | None = None):
+                 stop_requested: threading.Event | None = None, writes: bool = True):
         self.job = job  # settings JSON, output_dir, tokenizer_dir, seed, started_at
         self.generator = generator
         self.resumed = resumed
         self.stop_requested = stop_requested or threading.Event()  # set from any thread (signal, UI button)
         self.finished: dict[str, dict] = {}  # phase -> {"params", "progress"} of phases done
         self.written: list[Path] = []
+        self.writes = writes  # False in the other processes of a data-parallel run
 
     def save(self, lora_path: Path, phase: str, progress: dict, params, training, data_order, *,
              final: bool = False) -> Path:
@@ -72,6 +73,9 @@ class Checkpoints:
         A `final` state (save_state: the finished run's) is kept when the run completes; the run
         can be continued from it to more steps.
         """
+        path = state_path_for(lora_path)
+        if not self.writes:
+            return path
         state = {
             "format": FORMAT, "job": self.job, "phase": phase, "progress": progress, "final": final,
             "params": [p.detach().cpu().clone() for p in params],
@@ -84,7 +88,6 @@ class Checkpoints:
             },
             "finished": self.finished,
         }
-        path = state_path_for(lora_path)
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
         for old in self.written:

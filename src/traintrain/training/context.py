@@ -8,6 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from traintrain.training.checkpoint import Checkpoints
+from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.events import Reporter
 from traintrain.training.saving import LoraWriter
 
@@ -25,3 +26,4 @@ class RunContext:
     writer: LoraWriter
     report: Reporter
     checkpoints: Checkpoints  # resumable states and the stop request
+    processes: Processes = SINGLE  # data-parallel training: this process's shard of every batch

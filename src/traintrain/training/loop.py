@@ -10,6 +10,8 @@ A non-finite loss or gradient stops the run before anything is written (or, with
 `train_nan_policy=skip`, the step is skipped, up to `train_nan_skip_limit` times).
 Losses are read back from the device every `train_sync_every` steps and before every save, not
 after each step: a read waits for the GPU to finish all queued work (see ReadBacks).
+With `processes` (data-parallel training, see training/distributed.py) the gradients and loss are
+averaged over the processes before clipping, and a stop request is agreed on where losses are read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from traintrain.config import NanPolicy
 from traintrain.errors import NonFiniteLoss, TrainingStopped
 from traintrain.training.checkpoint import Checkpoints
+from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.events import Message, Progress, Reporter
 from traintrain.training.optimizers import build_training_optimizer
 
@@ -59,6 +62,7 @@ class TrainingTask:
     checkpoints: Checkpoints | None = None
     on_final_save: Callable[[], Path] | None = None  # writes the phase's result after its last step
     keep_final_state: bool = False  # save_state: also write a state beside the result, to continue later
+    processes: Processes = SINGLE  # data-parallel training: this process's shard and the all-reduce
 
 
 @dataclass
@@ -93,9 +97,13 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
     if task.preview_every and task.on_preview and start == 0:  # "before": what the training changes from
         _with_saved_weights(training, task.on_preview, 0)
     last_saved = None
-    reads = ReadBacks(task, config, result, report, start, every=_read_every(config, training, params))
+    processes = task.processes
+    every = _read_every(config, training, params)
+    reads = ReadBacks(task, config, result, report, start, every, timed=not processes.distributed)
     for step in range(start + 1, task.iterations + 1):
-        loss, norm = _accumulate_gradients(task, step, config.gradient_accumulation_steps, params)
+        loss = _accumulate_gradients(task, step, config.gradient_accumulation_steps)
+        loss, stop_votes = processes.average(params, loss, _stop_requested(checkpoints))
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         value, problem = reads.now(loss, norm) if reads.each_step else (None, None)
         if problem is None:
             optimizer.step()
@@ -114,14 +122,18 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
 
         save_due = bool(task.save_every and step % task.save_every == 0 and step < task.iterations)
         preview_due = bool(task.preview_every and step % task.preview_every == 0 and step < task.iterations)
-        if save_due or preview_due or step == task.iterations or reads.due():
+        read = reads.each_step or save_due or preview_due or step == task.iterations or reads.due()
+        if read:
             reads.drain(last_saved)  # nothing is written from weights whose losses were not checked
         saved = None
         if save_due and task.on_save:
             saved = _with_saved_weights(training, task.on_save, step)
         if preview_due and task.on_preview:
             _with_saved_weights(training, task.on_preview, step)  # previews show the weights a save would hold
-        stop = checkpoints is not None and checkpoints.stop_requested.is_set() and step < task.iterations
+        if stop_votes is None:
+            stop = _stop_requested(checkpoints) and step < task.iterations
+        else:  # all processes decide at the same steps, from the same count
+            stop = read and step < task.iterations and stop_votes.item() > 0
         if stop:
             reads.drain(last_saved)
         if stop and saved is None and task.on_save:
@@ -145,20 +157,23 @@ def run_loop(task: TrainingTask, config, report: Reporter) -> LoopResult:
     return result
 
 
-def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int, params):
-    """Backward `micro_steps` batches' losses / micro_steps (gradient_accumulation_steps), then clip.
+def _stop_requested(checkpoints: Checkpoints | None) -> bool:
+    return checkpoints is not None and checkpoints.stop_requested.is_set()
 
-    Returns the mean loss and the gradient norm before clipping, as tensors: nothing is read back
-    here. Every batch is drawn and backed even after a non-finite one (its step is skipped or
-    stops the run), so the data order always advances by `micro_steps` per optimizer step.
+
+def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int) -> torch.Tensor:
+    """Backward `micro_steps` batches' losses / micro_steps (gradient_accumulation_steps).
+
+    Returns the mean loss as a tensor: nothing is read back here. Every batch is drawn and backed
+    even after a non-finite one (its step is skipped or stops the run), so the data order always
+    advances by `micro_steps` per optimizer step.
     """
     losses = []
     for _ in range(micro_steps):
         loss = task.compute_loss(step)
         (loss if micro_steps == 1 else loss / micro_steps).backward()
         losses.append(loss.detach())
-    mean = losses[0] if micro_steps == 1 else torch.stack([value.double() for value in losses]).mean()
-    return mean, torch.nn.utils.clip_grad_norm_(params, 1.0)
+    return losses[0] if micro_steps == 1 else torch.stack([value.double() for value in losses]).mean()
 
 
 def _read_every(config, training, params) -> int:
@@ -176,11 +191,12 @@ class ReadBacks:
     """The losses of steps run but not yet read back, and reading them: every step, or all at once
     (one wait for the device) every train_sync_every steps, at most PROGRESS_SECONDS apart, and
     before anything is saved. Reading reports each step's progress and stops at the first
-    non-finite one, naming it."""
+    non-finite one, naming it. Without `timed` (data-parallel processes, which must read at the
+    same steps) only the step count decides."""
 
-    def __init__(self, task, config, result: LoopResult, report: Reporter, start: int, every: int):
+    def __init__(self, task, config, result: LoopResult, report: Reporter, start: int, every: int, timed: bool = True):
         self.task, self.config, self.result, self.report, self.start = task, config, result, report, start
-        self.every, self.each_step = every, every == 1
+        self.every, self.each_step, self.timed = every, every == 1, timed
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         self.started = self.last_read = time.monotonic()
 
@@ -189,7 +205,9 @@ class ReadBacks:
         return loss_value, _problem(loss_value, norm_value)
 
     def due(self) -> bool:
-        return len(self.pending) >= self.every or time.monotonic() - self.last_read >= PROGRESS_SECONDS
+        if len(self.pending) >= self.every:
+            return True
+        return self.timed and time.monotonic() - self.last_read >= PROGRESS_SECONDS
 
     def drain(self, last_saved: Path | None) -> None:
         if not self.pending:

@@ -14,10 +14,6 @@ from traintrain.training.events import Message, Reporter
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def resolve_dtype(precision: Precision, device: torch.device, what: str, report: Reporter) -> torch.dtype:
     """fp16 needs a GPU; on the CPU it falls back to fp32 with a warning instead of crashing."""
     dtype = DTYPES[precision]

@@ -123,9 +123,12 @@ class LoraWriter:
     # The result's name suffix: "" normally, "_{N}steps" when a finished run is continued to N steps
     # (its first result keeps its name, and the file at N steps is named like a periodic save).
     final_suffix: str = ""
+    writes: bool = True  # False in the other processes of a data-parallel run: only the main one writes
 
     def save(self, network, *, suffix: str = "", steps: int, extra: dict | None = None) -> Path:
         target = self.plan.path(suffix or self.final_suffix)
+        if not self.writes:
+            return target
         tensors = network.tensors_for_save(DTYPES[self.config.save_precision], self.config.network_strength)
         metadata = build_metadata(
             config=self.config,
