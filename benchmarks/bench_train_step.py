@@ -29,7 +29,7 @@ class _Components:
     def __init__(self, unet, family):
         from traintrain.models.families import SPECS
 
-        self.unet, self.text_encoders, self.spec = unet, [], SPECS[family]
+        self.unet, self.text_encoders, self.spec, self.family = unet, [], SPECS[family], family
 
 
 def build_unet(full: bool) -> UNet2DConditionModel:

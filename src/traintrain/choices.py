@@ -102,9 +102,23 @@ class ILECOLatent(Choice):
 
 
 class Precision(Choice):
+    """A floating-point dtype: what the trained network, the VAE and the saved file are kept in."""
+
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+
+
+class ModelPrecision(Choice):
+    """The frozen model's precision: a float dtype, or 8-bit weights (int8 or fp8 e4m3, per-channel
+    scaled) that compute in bf16 on a GPU and fp32 on the CPU. The 8-bit forms halve the model's
+    memory against fp16 but cannot be trained or saved, so only the frozen model offers them."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    INT8 = "int8"
+    FP8 = "fp8"
 
 
 class NoiseScheduler(Choice):

@@ -23,6 +23,7 @@ from traintrain.choices import (  # noqa: F401 (the choices are part of the conf
     ILECOLatent,
     LossFunction,
     LRScheduler,
+    ModelPrecision,
     NanPolicy,
     NetworkElement,
     NetworkType,
@@ -48,6 +49,18 @@ def _param(default, help: str, *, minimum=None, maximum=None, choices=None, fact
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _parse_float_precision(name: str, value: Any) -> Precision:
+    """A float precision; int8/fp8 are refused with the fix, as only the frozen model can be stored in them."""
+    if isinstance(value, str) and value.strip().lower() in (ModelPrecision.INT8.value, ModelPrecision.FP8.value):
+        raise UserError(
+            f"{value.strip()} holds only the frozen model's weights; a trained network, the VAE and the saved "
+            "file need a float type",
+            "choose fp32, bf16 or fp16 here; to store the base model in 8 bits, set train_model_precision",
+            field=name,
+        )
+    return parse_choice(name, value, Precision)
 
 
 def _parse_mode(name: str, value: Any) -> str:
@@ -133,9 +146,14 @@ class TrainConfig:
     model_use_ema: bool = _param(
         False, "use the checkpoint's EMA UNet weights instead of the trained ones, when it has them"
     )
-    train_model_precision: Precision = _param(Precision.FP16, "precision of the frozen model")
-    train_lora_precision: Precision = _param(Precision.FP32, "precision of the trained network")
-    save_precision: Precision = _param(Precision.FP16, "precision of the saved file")
+    train_model_precision: ModelPrecision = _param(
+        ModelPrecision.FP16, "precision of the frozen model; int8/fp8 store its weights in 8 bits (about half of "
+        "fp16's memory) and compute in bf16 on a GPU, fp32 on the CPU"
+    )
+    train_lora_precision: Precision = _param(
+        Precision.FP32, "precision of the trained network", parser=_parse_float_precision
+    )
+    save_precision: Precision = _param(Precision.FP16, "precision of the saved file", parser=_parse_float_precision)
     train_seed: int = _param(-1, "random seed (-1 = random; the seed used is recorded)", minimum=-1)
     train_snr_gamma: float = _param(5.0, "min-SNR weighting gamma (0 = off)", minimum=0.0, maximum=20.0)
     diff_save_1st_pass: bool = _param(False, "Difference: also save the copier LoRA as {name}_copy")
@@ -165,7 +183,8 @@ class TrainConfig:
         "", "extra optimizer arguments, key=value per line or ';'-separated, e.g. weight_decay=0.01; betas=0.9,0.99"
     )
     train_vae_precision: Precision = _param(
-        Precision.FP32, "precision of the VAE that encodes the images (fp16 can overflow)"
+        Precision.FP32, "precision of the VAE that encodes the images (fp16 can overflow)",
+        parser=_parse_float_precision,
     )
     train_loss_function: LossFunction = _param(
         LossFunction.MSE, "loss between prediction and target: MSE, L1 or smooth_L1"
