@@ -205,6 +205,11 @@ class TrainConfig:
         "(0 = 1 on the CPU, 10 on a GPU; skip and reduce_on_plateau read every step). The NaN guard still "
         "names the step", minimum=0,
     )
+    train_estimate: bool | None = _param(
+        None, "before the first step, estimate peak memory and seconds per step from a trace of the model on "
+        "PyTorch's meta device (a few seconds) and warn when it exceeds the free memory: auto (on a GPU), true or "
+        "false", choices=("auto", "true", "false"), parser=parse_auto_bool,
+    )
     gradient_accumulation_steps: int = _param(
         1, "sum the gradients of this many batches per optimizer step (effective batch = batch size x this)", minimum=1
     )

@@ -110,6 +110,8 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     checkpoints = Checkpoints(job, generator, resume, stop, writes=processes.main)
     run = RunContext(device, model_dtype, lora_dtype, seed, generator, noise_scheduler(components.v_prediction), writer,
                      report, checkpoints, processes)
+    if processes.main and (config.train_estimate or (config.train_estimate is None and device.type == "cuda")):
+        _report_estimate(config, mode, components, run, processes.count)
     outcome = mode.train(config, components, run)
     if mode.preview_prompts(config):
         outcome.preview = render_previews(config, components, outcome.network, outcome.copier, run, suffix=final_suffix)
@@ -155,3 +157,18 @@ def resume_job(state_path: Path, *, output_dir: Path | None = None, tokenizer_di
         config, output_dir=Path(output_dir or job["output_dir"]), tokenizer_dir=tokenizer_dir or job["tokenizer_dir"],
         report=report, stop=stop, resume=state, lora_dir=Path(job["lora_dir"]) if job.get("lora_dir") else None,
     )
+
+
+def _report_estimate(config: TrainConfig, mode: TrainingMode, components, run: RunContext, processes: int) -> None:
+    """Peak memory and seconds per step before the first step (training/estimate.py). Advisory: a model the
+    meta-device trace cannot follow is reported, and training goes on."""
+    from traintrain.networks.network import NetworkSpec
+    from traintrain.training.estimate import estimate_run, report_estimate
+
+    try:
+        estimate = estimate_run(components, NetworkSpec.from_config(config), config, run.device, run.model_dtype,
+                                run.lora_dtype, frozen_passes=mode.frozen_passes, processes=processes)
+    except Exception as exc:  # noqa: BLE001 - the estimate must never stop a run
+        run.report(Message(f"no memory estimate for this model ({type(exc).__name__}: {exc})", "warning"))
+        return
+    report_estimate(estimate, run.device, run.report)

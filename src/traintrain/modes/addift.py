@@ -141,6 +141,7 @@ ADDIFT_FIELDS = ("diff_alt_ratio", "diff_use_diff_mask")
 
 @register
 class ADDifTMode(TrainingMode):
+    frozen_passes = 1  # the target: the frozen model's prediction
     name = "ADDifT"
     summary = "from two images and their prompts: learn the change between them directly, without a copier"
     fields = IMAGE_PAIR_FIELDS + FRAME_FIELDS + ADDIFT_FIELDS + ("original_prompt", "target_prompt")
@@ -159,6 +160,7 @@ class ADDifTMode(TrainingMode):
 
 @register
 class MultiADDifTMode(TrainingMode):
+    frozen_passes = 1  # the target: the frozen model's prediction
     name = "Multi-ADDifT"
     summary = "ADDifT over a folder of image pairs (X.png and X_target.png), each with its caption"
     fields = (

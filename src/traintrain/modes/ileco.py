@@ -123,6 +123,7 @@ def train_ileco(config, components, run) -> ModeOutcome:
 
 @register
 class ILECOMode(TrainingMode):
+    frozen_passes = 1  # the target: the frozen model's prediction
     name = "iLECO"
     summary = "from two prompts: turn the Original concept into the Target, or erase it (empty Target)"
     fields = ("original_prompt", "target_prompt", "network_train_text_encoder", "ileco_latent")

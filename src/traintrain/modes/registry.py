@@ -56,6 +56,7 @@ class TrainingMode(ABC):
     fields: ClassVar[tuple[str, ...]] = ()
     phases: ClassVar[tuple[str, ...]]  # names of its training phases, as progress events report them
     order: ClassVar[int] = 100  # position in lists of modes (the built-in ones first)
+    frozen_passes: ClassVar[int] = 0  # no-grad UNet passes per step besides the trained one (the estimate's)
 
     def check_inputs(self, config: TrainConfig) -> None:  # noqa: B027 - optional hook, no-op by default
         """Inputs that must exist before a model is loaded (cheap: no image decoding)."""
