@@ -38,7 +38,7 @@ CHANGED = {
     "image_use_filename_as_tag": True, "image_use_transparent_background_ajust": True,
     "gradient_accumulation_steps": 4, "train_fixed_timsteps_in_batch": True, "gen_noise_scheduler": "Euler a",
     "network_train_text_encoder": True, "diff_use_fixed_noise": True, "save_state": True,
-    "ileco_latent": "once", "train_sync_every": 5,
+    "ileco_latent": "once", "train_sync_every": 5, "train_estimate": True,
 }
 
 

@@ -205,9 +205,9 @@ def trained_with_mask(tmp_path_factory):
     masks = []
     original = lora.denoising_step_loss
 
-    def spy(components, scheduler, latents, conditioning, config, generator, mask=None):
+    def spy(components, scheduler, latents, conditioning, config, generator, mask=None, **options):
         masks.append(mask)
-        return original(components, scheduler, latents, conditioning, config, generator, mask)
+        return original(components, scheduler, latents, conditioning, config, generator, mask, **options)
 
     events = []
     with pytest.MonkeyPatch.context() as patch:

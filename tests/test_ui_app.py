@@ -155,7 +155,7 @@ def test_an_empty_data_folder_is_shown_at_its_field_and_the_app_goes_on(app, tmp
                  name="nothing", iterations=2)
         status = click_and_read(page, "Start Training", expect="lora_data_directory")
         field_info = page.locator("#tt-lora-data-directory").inner_text()
-        words = status.split(": ", 1)[1].strip()
+        words = status.split("lora_data_directory: ", 1)[1].strip()  # after any earlier job's progress line
         assert "no images" in words.lower() or "no image" in words.lower(), words
         assert words[:40] in field_info
         # A model file that is a LoRA passes the form's checks and fails in the job's worker: the

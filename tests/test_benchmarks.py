@@ -1,0 +1,98 @@
+"""benchmarks/run.py stays runnable: every variant measures a few steps on the tiny model, the trainer's
+timing reads the right progress events, and the table and targets say what the ratios mean."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from traintrain.training.events import Progress
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import speed_variants  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("benchmarks_run", BENCHMARKS / "run.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+CASE = speed_variants.Case("tiny test", "sd1", full=False, pixels=64, batch=2, warmup=1, steps=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    model = speed_variants.write_model(CASE, root / "model")
+    speed_variants.write_images(root / "images", CASE.pixels)
+    return model, root / "images", root
+
+
+@pytest.mark.parametrize(("mode", "variant"), bench.VARIANTS)
+def test_every_variant_measures_a_few_steps(tiny, mode, variant):
+    model, images, root = tiny
+    measured = speed_variants.run_variant(CASE, mode, variant, model, images, root / f"out-{mode}-{variant}")
+    assert 0 < measured.seconds_per_step < 60
+    assert measured.peak_mb > 0
+
+
+def progress(step: int, elapsed: float, total: int = 6) -> Progress:
+    return Progress("LoRA", step, total, 0.1, 0.1, 1e-4, elapsed, 0.0)
+
+
+def test_trainer_time_on_the_cpu_starts_after_the_warmup():
+    """Every step is read back on the CPU: the span runs from the warm-up's last step to the end."""
+    events = [progress(step, elapsed) for step, elapsed in enumerate([5.0, 6.0, 7.1, 8.0, 9.0, 10.0], start=1)]
+    first, last = speed_variants.timed_span(events, warmup=2)
+    assert (first.step, last.step) == (2, 6)
+
+
+def test_trainer_time_on_a_gpu_starts_at_a_read_back():
+    """Steps 1-3 and 4-6 are reported in two bursts, each with the time of its read: the span starts at
+    step 3, the end of the first burst after the warm-up, not at step 2 (reported late)."""
+    events = [progress(step, elapsed) for step, elapsed in
+              zip(range(1, 7), [3.0, 3.00001, 3.00002, 6.0, 6.00001, 6.00002], strict=True)]
+    first, last = speed_variants.timed_span(events, warmup=2)
+    assert (first.step, last.step) == (3, 6)
+    with pytest.raises(RuntimeError, match="no read-back"):
+        speed_variants.timed_span(events, warmup=4)
+
+
+def test_ratios_and_targets_in_the_table():
+    rows = [{"size": "SD1.5 512px b1", "mode": "LoRA", "variant": variant, "seconds_per_step": seconds,
+             "peak_mb": 1000.0, "setup_s": 1.0, "after_s": 0.0, "wall_s": 1.0}
+            for variant, seconds in [("floor", 1.0), ("trainer", 1.1), ("reference", 1.5)]]
+    rows.append({"size": "SD1.5 512px b1", "mode": "iLECO", "variant": "trainer", "error": "boom", "wall_s": 1.0})
+    bench.add_ratios(rows)
+    assert rows[1]["ratio"] == pytest.approx(1.1) and rows[2]["ratio"] == pytest.approx(1.5 / 1.1)
+    verdicts = {(v["target"], v["mode"]): v["verdict"] for v in bench.targets(rows)}
+    assert verdicts == {("b/a <= 1.05", "LoRA"): "not met", ("b/a <= 1.05", "iLECO"): "no figure",
+                        ("c/b >= 1.15", "LoRA"): "met"}
+    text = bench.table(rows, bench.targets(rows))
+    assert "b/a 1.100" in text and "c/b 1.364" in text and "error: boom" in text
+
+
+@pytest.mark.slow
+def test_quick_run_prints_every_variant_as_json():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--json", "--threads", "1",
+                           "--steps", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert [(row["mode"], row["variant"]) for row in report["rows"]] == bench.VARIANTS
+    assert not [row for row in report["rows"] if "error" in row]
+    assert {v["verdict"] for v in report["targets"]} <= {"met", "not met", "not run (a GPU size)"}
+
+
+@pytest.mark.slow
+def test_a_fresh_interpreter_answers_as_on_a_gpu(tmp_path):
+    """On a GPU each variant runs in a fresh interpreter (CUDA and fork do not mix): that path works too."""
+    job = {"task": "write-model", "case": dataclasses.asdict(CASE), "out": str(tmp_path / "model"),
+           "log": str(tmp_path / "model.log"), "threads": 1}
+    answer = bench.in_subprocess(job)
+    assert Path(answer["model"]).is_dir() and answer["wall_s"] > 0, answer
