@@ -33,6 +33,7 @@ from traintrain.modes.pairs import encode_pair, find_pairs, load_pair, pair_capt
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.training.events import Message
 from traintrain.training.loss import denoising_loss
+from traintrain.training.transfer import to_device
 
 FORWARD_MULTIPLIER = 0.25
 
@@ -82,11 +83,11 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
         network.set_multiplier(1.0)
         mask = None
         if config.diff_use_diff_mask and chosen[0].mask is not None:
-            mask = shard(torch.stack([s.mask for s in chosen])).to(prediction.device)
+            mask = to_device(shard(torch.stack([s.mask for s in chosen])), prediction.device)
         loss = denoising_loss(
             prediction,
             reference,
-            timesteps.to(prediction.device),
+            to_device(timesteps, prediction.device),
             scheduler.alphas_cumprod,
             snr_gamma=config.train_snr_gamma,
             v_prediction=components.v_prediction,

@@ -7,6 +7,7 @@ import torch
 from traintrain.models.families import Family
 from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.loss import denoising_loss
+from traintrain.training.transfer import to_device
 
 
 def unet_predict(components, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning) -> torch.Tensor:
@@ -17,14 +18,14 @@ def unet_predict(components, noisy: torch.Tensor, timesteps: torch.Tensor, condi
     if components.family == Family.SDXL:
         factor = components.latent_factor
         height, width = noisy.shape[-2] * factor, noisy.shape[-1] * factor  # time_ids are in PIXELS
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=param.dtype, device=param.device)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=param.dtype)
         kwargs["added_cond_kwargs"] = {
-            "text_embeds": conditioning.pooled.to(param.device, param.dtype),
-            "time_ids": time_ids.repeat(noisy.shape[0], 1),
+            "text_embeds": to_device(conditioning.pooled, param.device, param.dtype),
+            "time_ids": to_device(time_ids.repeat(noisy.shape[0], 1), param.device),
         }
     return unet(
-        noisy.to(param.device, param.dtype), timesteps.to(param.device),
-        encoder_hidden_states=conditioning.hidden.to(param.device, param.dtype), **kwargs,
+        to_device(noisy, param.device, param.dtype), to_device(timesteps, param.device),
+        encoder_hidden_states=to_device(conditioning.hidden, param.device, param.dtype), **kwargs,
     ).sample
 
 
@@ -88,8 +89,8 @@ def denoising_step_loss(components, scheduler, latents, conditioning, config, ge
     prediction = unet_predict(components, noisy, timesteps, conditioning.map(processes.shard))
     device = prediction.device
     loss = denoising_loss(
-        prediction, target.to(device), timesteps.to(device), scheduler.alphas_cumprod,
+        prediction, to_device(target, device), to_device(timesteps, device), scheduler.alphas_cumprod,
         snr_gamma=config.train_snr_gamma, v_prediction=components.v_prediction,
-        mask=None if mask is None else mask.to(device), loss_function=config.train_loss_function,
+        mask=None if mask is None else to_device(mask, device), loss_function=config.train_loss_function,
     )
     return processes.weigh(loss, batch)

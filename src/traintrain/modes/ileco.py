@@ -29,6 +29,7 @@ from traintrain.modes.denoising import training_timesteps, unet_predict
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.training.events import Message
 from traintrain.training.loss import denoising_loss
+from traintrain.training.transfer import to_device
 
 
 def ileco_latent(config, components, generator: torch.Generator) -> torch.Tensor:
@@ -94,7 +95,7 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
         loss = denoising_loss(
             prediction,
             wanted,
-            timesteps.to(prediction.device),
+            to_device(timesteps, prediction.device),
             scheduler.alphas_cumprod,
             snr_gamma=config.train_snr_gamma,
             v_prediction=components.v_prediction,

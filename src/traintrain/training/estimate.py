@@ -62,11 +62,12 @@ class Estimate:
 
 
 def estimate_run(components, spec, config, device: torch.device, model_dtype: torch.dtype,
-                 lora_dtype: torch.dtype, frozen_passes: int = 0, processes: int = 1) -> Estimate:
+                 lora_dtype: torch.dtype, frozen_passes: int = 0, processes: int = 1, seconds: bool = True) -> Estimate:
     """The estimate for `components` as loaded (already frozen and moved) and the run's settings.
 
     `frozen_passes`: extra no-grad UNet passes a step makes (iLECO's and ADDifT's targets);
-    `processes`: data-parallel processes, each running the UNet on its share of the batch."""
+    `processes`: data-parallel processes, each running the UNet on its share of the batch;
+    `seconds=False`: memory only (NaN seconds), without measuring the device (which may be absent)."""
     batch = max(1, config.train_batch_size // processes)
     height, width = (side // components.latent_factor for side in config.image_size[:2])
     unet, network_values, layers = _meta_unet(components, spec, model_dtype, config.use_gradient_checkpointing)
@@ -76,9 +77,11 @@ def estimate_run(components, spec, config, device: torch.device, model_dtype: to
     state = STATE_BYTES.get(config.train_optimizer, DEFAULT_STATE_BYTES)
     network = network_values * (2 * torch.finfo(lora_dtype).bits // 8 + state)
     flops = (forward_flops * (1 + frozen_passes) + backward_flops) * config.gradient_accumulation_steps
-    seconds = flops / (matmul_rate(device) * EFFICIENCY.get(device.type, 0.18))
-    seconds += layers * LAYER_OVERHEAD_S.get(device.type, 150e-6) * config.gradient_accumulation_steps
-    return Estimate(weights, network, activations, flops, seconds, _device_name(device))
+    step = float("nan")
+    if seconds:
+        step = flops / (matmul_rate(device) * EFFICIENCY.get(device.type, 0.18))
+        step += layers * LAYER_OVERHEAD_S.get(device.type, 150e-6) * config.gradient_accumulation_steps
+    return Estimate(weights, network, activations, flops, step, _device_name(device) if seconds else device.type)
 
 
 def report_estimate(estimate: Estimate, device: torch.device, report: Reporter) -> None:

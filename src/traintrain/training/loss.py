@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from traintrain.config import LossFunction
+from traintrain.training.transfer import to_device
 
 ELEMENTWISE = {LossFunction.MSE: F.mse_loss, LossFunction.L1: F.l1_loss, LossFunction.SMOOTH_L1: F.smooth_l1_loss}
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    a = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    a = to_device(alphas_cumprod, timesteps.device)[timesteps].float()
     return a / (1.0 - a)
 
 
