@@ -13,7 +13,7 @@ from traintrain.cli import main
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
 from traintrain.models.checkpoint_kinds import checkpoint_family
-from traintrain.models.families import Family
+from traintrain.models.families import SD_FAMILIES, Family
 from traintrain.models.ldm_convert import UNET_PREFIX, VAE_PREFIX, components_to_ldm, unet_to_ldm
 from traintrain.models.loading import load_model, read_weight_shapes
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
@@ -24,7 +24,7 @@ FIRST_CONV = UNET_PREFIX + "input_blocks.0.0.weight"
 
 @pytest.fixture(scope="module")
 def ldm_states():
-    return {family: components_to_ldm(build_tiny_components(family)) for family in Family}
+    return {family: components_to_ldm(build_tiny_components(family)) for family in SD_FAMILIES}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
 from traintrain.models.components import ModelComponents
-from traintrain.models.families import Family, detect_family_from_ldm_keys
+from traintrain.models.families import SD_FAMILIES, Family, detect_family_from_ldm_keys
 from traintrain.models.ldm_convert import components_to_ldm, open_clip_to_ldm
 from traintrain.models.loading import TEXT_ENCODER_FOLDERS, build_text_encoder, config_template
 from traintrain.models.tiny import build_tiny_components
@@ -56,7 +56,7 @@ def real_size_on_meta(family):
     return ModelComponents(family, unet, vae, encoders, [])
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_real_layout_names_and_shapes(family):
     components = real_size_on_meta(family)
     state = components_to_ldm(components)
@@ -65,7 +65,7 @@ def test_real_layout_names_and_shapes(family):
     assert {key: tuple(state[key].shape) for key in REAL_KEYS[family]} == REAL_KEYS[family]
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_diffusers_converters_invert_ours(family):
     """Every UNet and VAE weight comes back under its own name and shape through diffusers' code."""
     components = real_size_on_meta(family)

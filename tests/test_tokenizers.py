@@ -9,7 +9,7 @@ import pytest
 from traintrain.errors import UserError
 from traintrain.models import tokenizers as tokenizers_module
 from traintrain.models.encoding import chunk_token_ids, encode_prompts
-from traintrain.models.families import Family
+from traintrain.models.families import SD_FAMILIES, Family
 from traintrain.models.loading import load_model
 from traintrain.models.tiny import tiny_text_encoder, build_tiny_components, write_tiny_model
 from traintrain.models.tokenizers import (
@@ -189,7 +189,7 @@ def test_clip_vocabulary_is_found_without_importing_the_package():
     assert "clip" not in sys.modules
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_built_tokenizers_match_clips_own_tokenizer(family):
     reference = reference_tokenizer()
     assert build_clip_tokenizers(Family.SD1, clip_vocabulary())[0]("a photo of a cat").input_ids == [
@@ -269,7 +269,7 @@ def write_bare_checkpoint(family, path):
     return path
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_bare_checkpoint_loads_and_encodes_end_to_end(tmp_path, family):
     path = write_bare_checkpoint(family, tmp_path / "bare.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["bare.safetensors"]  # no tokenizer folder, no cache

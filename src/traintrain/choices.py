@@ -145,3 +145,7 @@ UNET_BLOCK_IDS = tuple(
     [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 )
 ALL_BLOCK_IDS = (TEXT_ENCODER_BLOCK,) + UNET_BLOCK_IDS
+# Flux.1's transformer: 19 double-stream blocks (D00-D18) and 38 single-stream blocks (S00-S37), as its
+# reference code numbers double_blocks.N and single_blocks.N. Not in the default selection: every UNet
+# id selected (the default) means every block of whatever model is trained.
+FLUX_BLOCK_IDS = tuple([f"D{i:02d}" for i in range(19)] + [f"S{i:02d}" for i in range(38)])

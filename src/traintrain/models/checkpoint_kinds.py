@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from traintrain.errors import UserError
-from traintrain.models.families import Family, detect_family_from_ldm_keys
+from traintrain.models.families import Family, detect_family_from_ldm_keys, is_flux_checkpoint
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.training.events import Message, Reporter
 
@@ -53,6 +53,8 @@ def tensor_shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...
 def checkpoint_family(path: Path, shapes: Shapes) -> Family:
     """The family of a text-to-image checkpoint; any other kind of file is refused, saying what it is."""
     _refuse_lora(path, shapes)
+    if is_flux_checkpoint(shapes):  # its text encoders and VAE may be separate files (models/flux_loading.py)
+        return Family.FLUX
     has_unet = any(key.startswith(UNET_PREFIX) for key in shapes)
     if not has_unet and not any(key.startswith(TEXT_ENCODER_ROOTS) for key in shapes):
         raise _not_a_model(path, shapes)

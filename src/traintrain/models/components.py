@@ -1,4 +1,4 @@
-"""The loaded parts of a Stable Diffusion model that training and rendering need."""
+"""The loaded parts of a model that training and rendering need."""
 
 from __future__ import annotations
 
@@ -8,26 +8,47 @@ from typing import TYPE_CHECKING
 from traintrain.models.families import SPECS, Family, FamilySpec
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel
 
     from traintrain.models.prediction import PredictionChoice
 
 
 @dataclass
 class ModelComponents:
-    """UNet, VAE, text encoder(s) and tokenizer(s) of one model, in diffusers/transformers classes.
+    """Denoiser, VAE, text encoder(s) and tokenizer(s) of one model, in diffusers/transformers classes.
 
-    SD1/SD2 have one text encoder and tokenizer; SDXL has two (CLIP-L first, OpenCLIP-bigG second).
+    The denoiser is the network the adapters train: a UNet2DConditionModel for SD1/SD2/SDXL, a
+    FluxTransformer2DModel for Flux. `unet` names it in the SD code paths, `transformer` in Flux's.
+    SD1/SD2 have one text encoder and tokenizer; SDXL has two (CLIP-L first, OpenCLIP-bigG second);
+    Flux has CLIP-L (pooled) first and T5 second.
     """
 
     family: Family
-    unet: UNet2DConditionModel
+    denoiser: UNet2DConditionModel | FluxTransformer2DModel
     vae: AutoencoderKL
-    text_encoders: list = field(default_factory=list)  # transformers CLIPTextModel / CLIPTextModelWithProjection
-    tokenizers: list = field(default_factory=list)  # transformers CLIPTokenizer
+    text_encoders: list = field(default_factory=list)  # transformers CLIPTextModel(WithProjection), T5EncoderModel
+    tokenizers: list = field(default_factory=list)  # transformers CLIPTokenizer, T5TokenizerFast
     v_prediction: bool = False
     prediction: PredictionChoice | None = None  # how v_prediction was decided (declared by files, probed, set)
     source: str = ""  # path the model came from, for messages and metadata
+
+    @property
+    def unet(self) -> UNet2DConditionModel:
+        """The UNet of an SD-family model; a Flux model has none (its denoiser is `transformer`)."""
+        if self.family is Family.FLUX:
+            raise AttributeError("a Flux model has a transformer, not a UNet: use components.transformer")
+        return self.denoiser  # SD families hold a UNet2DConditionModel
+
+    @unet.setter
+    def unet(self, value: UNet2DConditionModel) -> None:
+        self.denoiser = value
+
+    @property
+    def transformer(self) -> FluxTransformer2DModel:
+        """The transformer of a Flux model."""
+        if self.family is not Family.FLUX:
+            raise AttributeError(f"a {self.family.value} model has a UNet, not a transformer: use components.unet")
+        return self.denoiser  # Flux holds a FluxTransformer2DModel
 
     @property
     def spec(self) -> FamilySpec:

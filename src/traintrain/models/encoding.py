@@ -52,6 +52,10 @@ def _encode_one(encoder, ids: torch.Tensor, family: Family, is_second: bool):
 
 def encode_prompts(components, texts: list[str]) -> Conditioning:
     """Encode a batch of prompts with the model's text encoder(s), on their current device/dtype."""
+    if components.family is Family.FLUX:  # T5 states and CLIP's pooled vector, as FluxPipeline encodes them
+        from traintrain.models.flux_text import encode_flux_prompts
+
+        return encode_flux_prompts(components, texts)
     hiddens, pooled = [], None
     for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders, strict=False)):
         empty = chunk_token_ids(tokenizer, "")[0]

@@ -1,4 +1,4 @@
-"""What distinguishes SD1.x, SD2.x and SDXL, and how to tell them apart from checkpoint keys."""
+"""What distinguishes SD1.x, SD2.x, SDXL and Flux.1, and how to tell them apart from checkpoint keys."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ class Family(str, enum.Enum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    FLUX = "flux"
+
+
+# The UNet families (DDPM noise schedule, LDM single files); Flux has its own paths.
+SD_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,14 @@ class FamilySpec:
     modelspec_architecture: str  # modelspec.architecture of a LoRA for this family
     text_encoder_prefixes: tuple[str, ...]  # kohya LoRA key prefixes, one per text encoder
     modelspec_architecture_v: str = ""  # the architecture of a LoRA for the family's v-prediction model
+    latent_shift: float = 0.0  # subtracted before scaling: latents = (sample - shift) * scale (Flux's VAE)
+    latent_channels: int = 4
+    modelspec_implementation: str = "https://github.com/Stability-AI/generative-models"
+
+    @property
+    def flow_matching(self) -> bool:
+        """Trained on the rectified-flow objective (Flux) instead of DDPM's noise schedule."""
+        return self.family is Family.FLUX
 
     def architecture(self, v_prediction: bool) -> str:
         """modelspec.architecture: SD2's v models are their own architecture (768-v) there."""
@@ -35,6 +48,11 @@ SPECS: dict[Family, FamilySpec] = {
     ),
     Family.SDXL: FamilySpec(
         Family.SDXL, 0.13025, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", ("lora_te1", "lora_te2")
+    ),
+    # kohya's flux LoRAs name CLIP-L lora_te1 (T5 lora_te3); modelspec and base version as sd-scripts writes them.
+    Family.FLUX: FamilySpec(
+        Family.FLUX, 0.3611, "flux1", "flux-1-dev/lora", ("lora_te1",), latent_shift=0.1159, latent_channels=16,
+        modelspec_implementation="https://github.com/black-forest-labs/flux",
     ),
 }
 
@@ -57,3 +75,14 @@ def detect_family_from_ldm_keys(keys) -> Family | None:
     if any(k.startswith("cond_stage_model.transformer.") for k in keys):
         return Family.SD1
     return None
+
+
+# Black Forest Labs' single-file transformer layout (flux1-dev.safetensors), bare or under ComfyUI's prefix.
+FLUX_MARKERS = ("double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight")
+FLUX_PREFIXES = ("", "model.diffusion_model.")
+
+
+def is_flux_checkpoint(keys) -> bool:
+    """The file holds a Flux.1 transformer in the reference (BFL) layout."""
+    keys = set(keys)
+    return any(all(prefix + marker in keys for marker in FLUX_MARKERS) for prefix in FLUX_PREFIXES)

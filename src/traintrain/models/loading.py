@@ -25,14 +25,14 @@ from diffusers.loaders.single_file_utils import (
 )
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
 from traintrain.errors import UserError
 from traintrain.models.checkpoint_kinds import checkpoint_family, choose_unet_weights, no_ema_weights, tensor_shapes
 from traintrain.models.components import ModelComponents
-from traintrain.models.families import Family
+from traintrain.models.families import Family, is_flux_checkpoint
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
-from traintrain.models.prediction import choose_prediction, declared_prediction
+from traintrain.models.prediction import PredictionChoice, choose_prediction, declared_prediction
 from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
 from traintrain.training.events import Reporter, ignore
 
@@ -55,16 +55,38 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; check the model path", field="model")
-    load = _load_diffusers_folder if path.is_dir() else _load_single_file
-    components = load(path, tokenizer_dir, report, use_ema)
+    components = _load_flux(path, tokenizer_dir, report, use_ema) if _is_flux(path) else None
+    if components is None:
+        load = _load_diffusers_folder if path.is_dir() else _load_single_file
+        components = load(path, tokenizer_dir, report, use_ema)
     check_vocab_fits(components.tokenizers, components.text_encoders)
-    for model in (components.unet, components.vae, *components.text_encoders):
+    for model in (components.denoiser, components.vae, *components.text_encoders):
         if any(p.dtype != dtype for p in model.parameters()):  # diffusers warns about any cast, even a no-op one
             model.to(dtype)
         model.eval()
+    if components.spec.flow_matching:  # neither epsilon nor v: no choice to make
+        components.prediction = PredictionChoice(False, "Flux models train on the flow-matching objective")
+        return components
     components.prediction = choose_prediction(components, components.prediction, v_prediction)
     components.v_prediction = components.prediction.v_prediction
     return components
+
+
+def _is_flux(path: Path) -> bool:
+    from traintrain.models.flux_loading import is_flux_folder
+
+    if path.is_dir():
+        return is_flux_folder(path)
+    shapes = _safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else {}
+    return is_flux_checkpoint(shapes)
+
+
+def _load_flux(path: Path, tokenizer_dir, report: Reporter, use_ema: bool) -> ModelComponents:
+    from traintrain.models.flux_loading import load_flux_folder, load_flux_single_file
+
+    if use_ema:  # Flux files hold one set of transformer weights
+        raise no_ema_weights(path)
+    return (load_flux_folder if path.is_dir() else load_flux_single_file)(path, tokenizer_dir, report)
 
 
 def config_template(family: Family, component: str) -> dict:
@@ -122,15 +144,21 @@ def read_weight_shapes(path) -> WeightShapes:
         raise UserError(f"{path}: no such file or folder; check the model path", field="model")
     if path.is_dir():
         check_diffusers_folder(path)
+        family = _family_from_folder(path)
         folders = [path / name for name in TEXT_ENCODER_FOLDERS if (path / name).is_dir()]
-        return WeightShapes(
-            _family_from_folder(path), _folder_shapes(path / "unet"), [s for f in folders for s in _folder_shapes(f)]
-        )
+        denoiser = path / ("transformer" if family is Family.FLUX else "unet")
+        return WeightShapes(family, _folder_shapes(denoiser), [s for f in folders for s in _folder_shapes(f)])
     if path.suffix.lower() == ".safetensors":
         shapes = _safetensors_shapes(path)
     else:
         shapes = {key: tuple(value.shape) for key, value in _torch_load(path, mmap=True).items()}
     family = checkpoint_family(path, shapes)
+    if family is Family.FLUX:  # its text encoders are separate files; a LoRA trains the transformer only
+        from traintrain.models.flux_loading import TRANSFORMER_ROOTS
+
+        transformer = [shape for key, shape in shapes.items()
+                       if key.removeprefix(UNET_PREFIX).startswith(TRANSFORMER_ROOTS)]
+        return WeightShapes(family, transformer, [])
     return WeightShapes(
         family,
         [shape for key, shape in shapes.items() if key.startswith(UNET_PREFIX)],
@@ -388,9 +416,12 @@ def _architecture_name(config: dict) -> str:
 
 
 def check_diffusers_folder(path: Path) -> None:
-    if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
+    denoiser = "unet"
+    if (path / "model_index.json").is_file() and (path / "transformer").is_dir():
+        denoiser = "transformer"  # Flux (is_flux_folder names the pipeline class)
+    if not (path / "model_index.json").is_file() or not (path / denoiser / "config.json").is_file():
         raise UserError(
-            f"{path}: folder is not a diffusers model (no model_index.json with unet/); "
+            f"{path}: folder is not a diffusers model (no model_index.json with {denoiser}/); "
             "give a diffusers model folder or a .safetensors/.ckpt file",
             field="model",
         )
@@ -414,7 +445,12 @@ def _load_diffusers_folder(path: Path, tokenizer_dir, report: Reporter, use_ema:
 
 
 def _family_from_folder(path: Path) -> Family:
-    """SDXL has a second text encoder; SD2's OpenCLIP encoder uses gelu where SD1's CLIP-L uses quick_gelu."""
+    """Flux names its pipeline; SDXL has a second text encoder; SD2's OpenCLIP encoder uses gelu where SD1's
+    CLIP-L uses quick_gelu."""
+    from traintrain.models.flux_loading import is_flux_folder
+
+    if is_flux_folder(path):
+        return Family.FLUX
     if (path / "text_encoder_2").is_dir():
         return Family.SDXL
     encoder_config = path / "text_encoder" / "config.json"
@@ -429,7 +465,7 @@ def _family_from_folder(path: Path) -> Family:
 def load_pretrained(cls, path: Path, subfolder: str):
     """One part of a diffusers folder (`path/subfolder`), offline; a broken one is a one-line UserError."""
     try:
-        if cls in (CLIPTextModel, CLIPTextModelWithProjection):
+        if issubclass(cls, PreTrainedModel):  # transformers' text encoders: CLIP, T5
             return cls.from_pretrained(str(path / subfolder), local_files_only=True)
         return cls.from_pretrained(
             str(path), subfolder=subfolder, local_files_only=True, variant=_variant(path / subfolder)

@@ -41,6 +41,10 @@ TINY_TIME_EMBED_DIM = 16  # SDXL's addition_time_embed_dim (256 in the real mode
 def build_tiny_components(family: Family, seed: int = 0) -> ModelComponents:
     """A random model of `family` (SD1 about 1.5M parameters), the same for the same seed."""
     family = Family(family)
+    if family is Family.FLUX:
+        from traintrain.models.flux_tiny import build_tiny_flux
+
+        return build_tiny_flux(seed)
     tokenizers = [build_tiny_tokenizer() for _ in TINY_TEXT_WIDTHS[family]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -129,7 +133,9 @@ def write_tiny_model(
         if target.exists():
             raise UserError(f"{target}: already exists; choose another output path or delete it first")
     components = components or build_tiny_components(family, seed)
-    if fmt == "single-file":
+    if family is Family.FLUX:
+        _write_tiny_flux(components, fmt, out)
+    elif fmt == "single-file":
         with atomic_folder(tokenizer_folder) as tmp:  # first: the model's name appears only when it is usable
             _write_tokenizers(components, tmp)
         with atomic_path(out) as tmp:
@@ -139,6 +145,20 @@ def write_tiny_model(
             _write_diffusers_folder(components, tmp)
             _write_tokenizers(components, tmp)
     return out
+
+
+def _write_tiny_flux(components: ModelComponents, fmt: str, out: Path) -> None:
+    """A diffusers FluxPipeline folder, or BFL's transformer file with clip_l, t5xxl and ae files beside it."""
+    from traintrain.models.flux_loading import COMPANIONS
+    from traintrain.models.flux_tiny import write_flux_diffusers, write_flux_single_file
+
+    if fmt == "diffusers":
+        write_flux_diffusers(components, out)
+        return
+    for companion in COMPANIONS:
+        if (target := out.with_name(companion.example)).exists():
+            raise UserError(f"{target}: already exists; write the Flux model into another folder")
+    write_flux_single_file(components, out)
 
 
 def _write_tokenizers(components: ModelComponents, folder: Path) -> None:

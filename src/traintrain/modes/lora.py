@@ -11,6 +11,7 @@ from traintrain.data.plan_report import plan_lines
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.modes.common import build_network, train_result_network
 from traintrain.modes.denoising import denoising_step_loss
+from traintrain.modes.flow_matching import flow_matching_step_loss
 from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_FOLDER_FIELDS, check_folder_images_decode, check_image_folder
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.networks.network import NetworkSpec
@@ -55,7 +56,9 @@ def train_lora(config, components, run) -> ModeOutcome:
 
     spec = NetworkSpec.from_config(config)
     network = build_network(components, spec, run, resume=config.network_resume)
-    text_cache = None if spec.trains_text_encoder else TextCache(components, [s.caption for s in data.samples])
+    if components.spec.flow_matching:
+        _report_flux_limits(spec, config, run)
+    text_cache = None if network.trains_text_encoder else TextCache(components, [s.caption for s in data.samples])
     batches = BucketBatches(data.samples, config.train_batch_size, run.seed)
     scheduler = run.noise_scheduler
 
@@ -70,12 +73,24 @@ def train_lora(config, components, run) -> ModeOutcome:
             if all(m is None for m in masks)
             else torch.stack([m if m is not None else torch.ones_like(latents[0, :1]) for m in masks])
         )
+        if components.spec.flow_matching:
+            return flow_matching_step_loss(components, latents, cond, config, run.generator, mask, run.processes)
         return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask,
                                    processes=run.processes)
 
     outcome = train_result_network("LoRA", network, config, compute_loss, components, run, data_order=batches)
     outcome.extras["data"] = data
     return outcome
+
+
+def _report_flux_limits(spec: NetworkSpec, config, run) -> None:
+    """Settings that do not apply to Flux yet, said once at the start instead of silently ignored."""
+    if spec.trains_text_encoder:
+        run.report(Message("Flux: text-encoder training (block BASE) is not supported yet; training the "
+                           "transformer only", "warning"))
+    if config.train_snr_gamma > 0:
+        run.report(Message("Flux: train_snr_gamma does not apply to the flow-matching objective; ignored",
+                           "warning"))
 
 
 @register

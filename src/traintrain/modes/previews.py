@@ -24,6 +24,16 @@ def preview_prompts(config) -> list[str]:
     return get_mode(config.mode).preview_prompts(config)
 
 
+def previews_supported(components, run) -> bool:
+    """Previews render through SD pipelines; a Flux run says once that it trains without them."""
+    if not components.spec.flow_matching:
+        return True
+    if not getattr(run, "previews_skipped_said", False):
+        run.report(Message("Flux: preview images are not rendered yet; training without them", "warning"))
+        run.previews_skipped_said = True
+    return False
+
+
 @torch.no_grad()
 def render_previews(config, components, network, copier, run, suffix: str = "") -> Path:
     """`copier` (Difference's frozen pass-1 network, or None) is switched off while rendering."""

@@ -83,8 +83,8 @@ def build_metadata(
         "traintrain_element": spec.element.value,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": family_spec.architecture(v_prediction),
-        "modelspec.prediction_type": "v" if v_prediction else "epsilon",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.prediction_type": _prediction_type(family_spec, v_prediction),
+        "modelspec.implementation": family_spec.modelspec_implementation,
         "modelspec.title": config.output_name,
         "modelspec.resolution": resolution,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
@@ -93,6 +93,13 @@ def build_metadata(
         metadata["ss_vae_name"] = Path(config.model_vae).name
     metadata.update(extra or {})
     return metadata
+
+
+def _prediction_type(family_spec, v_prediction: bool) -> str:
+    """Flux predicts the flow (noise - image), neither epsilon nor v."""
+    if family_spec.flow_matching:
+        return "flow"
+    return "v" if v_prediction else "epsilon"
 
 
 def _number(value: float) -> str:

@@ -11,8 +11,10 @@ from torch import nn
 
 from traintrain.choices import TEXT_ENCODER_BLOCK, NetworkElement, NetworkType
 from traintrain.errors import UserError
-from traintrain.models.families import Family
+from traintrain.models.families import SPECS, Family
 from traintrain.networks.base import AdapterModule
+from traintrain.networks.flux_targeting import SAVED_SUFFIXES as FLUX_SAVED_SUFFIXES
+from traintrain.networks.flux_targeting import flux_targets, resolve_flux_blocks
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.lierla import LoRAModule
 from traintrain.networks.loha import LoHaModule
@@ -82,12 +84,20 @@ class AdapterNetwork(nn.Module):
     def __init__(self, components, spec: NetworkSpec, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.spec = spec
-        unet = unet_targets(
-            components.unet, blocks=resolve_blocks(spec.blocks, components.unet), element=spec.element,
-            with_conv_blocks=spec.with_conv_blocks, sgm_names=components.family == Family.SDXL,
-        )
+        self.family = components.family
+        # file suffixes that differ from the modules' kohya ones (Flux files use diffusers' lora_A / lora_B)
+        self.saved_suffixes: dict[str, str] = {}
         text = []
-        if spec.trains_text_encoder:
+        if components.family is Family.FLUX:  # the transformer only: text-encoder training on Flux is not built
+            unet = flux_targets(components.transformer, blocks=resolve_flux_blocks(spec.blocks, components.transformer),
+                                element=spec.element)
+            self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
+        else:
+            unet = unet_targets(
+                components.unet, blocks=resolve_blocks(spec.blocks, components.unet), element=spec.element,
+                with_conv_blocks=spec.with_conv_blocks, sgm_names=components.family == Family.SDXL,
+            )
+        if spec.trains_text_encoder and components.family is not Family.FLUX:
             for prefix, encoder in zip(components.spec.text_encoder_prefixes, components.text_encoders, strict=False):
                 text += text_encoder_targets(encoder, prefix)
         if not unet and not text:
@@ -146,11 +156,18 @@ class AdapterNetwork(nn.Module):
                 value = tensor.detach().float()
                 if suffix in module.strength_tensors:
                     value = value * factor
-                out[f"{module.lora_name}.{suffix}"] = value.to(dtype).contiguous().cpu()
+                name = f"{module.lora_name}.{self.saved_suffixes.get(suffix, suffix)}"
+                out[name] = value.to(dtype).contiguous().cpu()
         return out
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return len(self.text_encoder_modules) > 0
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], source: str = "LoRA file") -> None:
         """Fill every module from saved tensors; shapes and names must match exactly."""
+        renamed = {saved: own for own, saved in self.saved_suffixes.items()}
+        tensors = {_rename_suffix(key, renamed): value for key, value in tensors.items()}
         names = {m.lora_name for m in self.all_modules}
         stems = {key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0] for key in tensors}
         missing = sorted(names - stems)
@@ -171,5 +188,31 @@ class AdapterNetwork(nn.Module):
 
     def resume_from(self, path) -> None:
         """Continue training from a saved file (network_resume): same model, type, rank, blocks."""
-        tensors, _ = load_lora(path)
+        tensors, metadata = load_lora(path)
+        trained_for = lora_family(tensors, metadata)
+        if trained_for is not None and (trained_for is Family.FLUX) != (self.family is Family.FLUX):
+            raise UserError(
+                f"{path}: a LoRA for {SPECS[trained_for].base_model_version} models; this model is "
+                f"{self.family.value} ({SPECS[self.family].base_model_version})",
+                "give a LoRA trained on this model family, or leave network_resume empty", field="network_resume",
+            )
         self.load_tensors(tensors, source=str(path))
+
+
+def _rename_suffix(key: str, renamed: dict[str, str]) -> str:
+    for saved, own in renamed.items():
+        if key.endswith("." + saved):
+            return key[: -len(saved)] + own
+    return key
+
+
+def lora_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Family | None:
+    """The family a LoRA file was trained for: kohya's ss_base_model_version, else Flux's key names
+    (diffusers' `transformer.`, kohya's `lora_unet_double_blocks_` / `_single_blocks_`); None if unknown."""
+    version = metadata.get("ss_base_model_version", "")
+    for spec in SPECS.values():
+        if version == spec.base_model_version or (version.startswith("flux") and spec.family is Family.FLUX):
+            return spec.family
+    if any(key.startswith(("transformer.", "lora_unet_double_blocks_", "lora_unet_single_blocks_")) for key in tensors):
+        return Family.FLUX
+    return None

@@ -52,19 +52,19 @@ def freeze_model(components, device: torch.device, dtype: torch.dtype, gradient_
     encodes the images once, stays in `vae_dtype`.
     """
     storage = WEIGHT_STORAGE.get(weights) if weights is not None else None
-    for part in [components.unet, components.vae, *components.text_encoders]:
+    for part in [components.denoiser, components.vae, *components.text_encoders]:
         part.requires_grad_(False)
         part.eval()
         if storage is not None and part is not components.vae:
-            quantize_layers(part, storage, device, convolutions=part is components.unet)
+            quantize_layers(part, storage, device, convolutions=part is components.denoiser)
         part.to(device, vae_dtype if part is components.vae and vae_dtype is not None else dtype)
     if storage is not None and report is not None:
-        held = sum(tensor_bytes(part) for part in [components.unet, *components.text_encoders])
+        held = sum(tensor_bytes(part) for part in [components.denoiser, *components.text_encoders])
         report(Message(f"train_model_precision {storage.value}: UNet and text encoders hold {held / 2**20:.1f} MiB "
                        f"(8-bit weights, computing in {str(dtype).removeprefix('torch.')})"))
     if gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
-        components.unet.train()  # diffusers only checkpoints in training mode
+        components.denoiser.enable_gradient_checkpointing()
+        components.denoiser.train()  # diffusers only checkpoints in training mode
         for encoder in components.text_encoders:
             # transformers 5 renamed it; the old name still works there but warns
             enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable

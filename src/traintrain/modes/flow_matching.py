@@ -1,0 +1,98 @@
+"""Flux.1's training step: the rectified-flow objective on packed latents, as FluxPipeline runs the model.
+
+x_t = (1 - sigma) * x0 + sigma * noise and the model predicts the flow, noise - x0. sigma comes from the
+usual timestep draw t ~ U[min_t, max_t) of 1000, shifted as Flux samples (`time_shift` with mu growing
+linearly in the number of image tokens, 0.5 at 256 to 1.15 at 4096: larger images get noisier
+timesteps). The transformer sees latents packed 2x2 into tokens, image/text position ids, T5 states,
+CLIP's pooled vector and, for guidance-distilled models (dev), the guidance value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import FluxPipeline
+
+from traintrain.models.encoding import Conditioning
+from traintrain.modes.denoising import training_noise, training_timesteps
+from traintrain.training.distributed import SINGLE, Processes
+from traintrain.training.loss import ELEMENTWISE
+
+TRAIN_GUIDANCE = 1.0  # the guidance input while training a guidance-distilled (dev) model
+BASE_SEQUENCE, MAX_SEQUENCE = 256, 4096  # FluxPipeline's (base_image_seq_len, max_image_seq_len) ...
+BASE_SHIFT, MAX_SHIFT = 0.5, 1.15  # ... and the shifts mu takes there
+TIMESTEPS = 1000
+
+
+def shift_mu(image_tokens: int) -> float:
+    """Flux's resolution-dependent shift: linear in the image's token count (FluxPipeline's calculate_shift)."""
+    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQUENCE - BASE_SEQUENCE)
+    return BASE_SHIFT + slope * (image_tokens - BASE_SEQUENCE)
+
+
+def sigmas_for(timesteps: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    """Noise level of integer timesteps in [0, 1000): t' = (t + 1) / 1000, then exp(mu) / (exp(mu) + 1/t' - 1)."""
+    fraction = (timesteps.double() + 1) / TIMESTEPS
+    mu = math.exp(shift_mu(image_tokens))
+    return (mu / (mu + (1 / fraction - 1))).float()
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C] tokens, as FluxPipeline packs them."""
+    batch, channels, height, width = latents.shape
+    return FluxPipeline._pack_latents(latents, batch, channels, height, width)
+
+
+def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack` for latents of height x width."""
+    batch, count, features = tokens.shape
+    grid = tokens.view(batch, height // 2, width // 2, features // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(batch, features // 4, height, width)
+
+
+def transformer_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditioning: Conditioning,
+                        guidance: float = TRAIN_GUIDANCE) -> torch.Tensor:
+    """The transformer's flow prediction for noisy [B, 16, H, W] latents, in the same shape."""
+    transformer = components.transformer
+    parameter = next(transformer.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    batch, _, height, width = noisy.shape
+    hidden = conditioning.hidden.to(device, dtype)
+    if conditioning.pooled is None:
+        raise ValueError("Flux conditioning needs CLIP's pooled embedding")
+    image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype)
+    text_ids = torch.zeros(hidden.shape[1], 3, device=device, dtype=dtype)
+    guidance_input = None
+    if transformer.config.guidance_embeds:
+        guidance_input = torch.full((batch,), guidance, device=device, dtype=torch.float32)
+    tokens = transformer(
+        hidden_states=pack(noisy.to(device, dtype)), timestep=sigmas.to(device, dtype), guidance=guidance_input,
+        pooled_projections=conditioning.pooled.to(device, dtype), encoder_hidden_states=hidden,
+        txt_ids=text_ids, img_ids=image_ids, return_dict=False,
+    )[0]
+    return unpack(tokens, height, width)
+
+
+def flow_matching_step_loss(components, latents: torch.Tensor, conditioning: Conditioning, config, generator,
+                            mask: torch.Tensor | None = None, processes: Processes = SINGLE) -> torch.Tensor:
+    """LoRA loss on Flux. `latents` are the cache's `sample * scale`; Flux's VAE also shifts them, so
+    x0 = latents - shift * scale. The whole batch's noise and timesteps are drawn in every process."""
+    spec = components.spec
+    batch, _, height, width = latents.shape
+    x0 = latents - spec.latent_shift * spec.latent_scale
+    noise = training_noise(x0.shape, generator, config.train_noise_offset)
+    timesteps = training_timesteps(batch, config.train_min_timesteps, config.train_max_timesteps, generator,
+                                   config.train_fixed_timsteps_in_batch)
+    sigmas = sigmas_for(timesteps, (height // 2) * (width // 2))
+    expanded = sigmas.view(-1, 1, 1, 1)
+    noisy = (1 - expanded) * x0 + expanded * noise
+    target = noise - x0
+    shard = processes.shard
+    noisy, target, sigmas, mask = shard(noisy), shard(target), shard(sigmas), shard(mask)
+    prediction = transformer_predict(components, noisy, sigmas, conditioning.map(shard))
+    error = ELEMENTWISE[config.train_loss_function](prediction.float(), target.to(prediction.device).float(),
+                                                    reduction="none")
+    if mask is not None:
+        error = error * mask.to(error.device)
+    return processes.weigh(error.mean(dim=(1, 2, 3)).mean(), batch)

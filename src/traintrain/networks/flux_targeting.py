@@ -1,0 +1,67 @@
+"""Which layers of a Flux.1 transformer an adapter trains, and how the saved file names them.
+
+Blocks are chosen in Flux's own terms: `D{n}` is the reference code's `double_blocks.n` (diffusers'
+`transformer_blocks.n`), `S{n}` its `single_blocks.n` (`single_transformer_blocks.n`). As kohya's
+Flux LoRAs, every Linear inside a selected block is adapted (attention, MLP, modulation).
+
+Saved names are diffusers' (`transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight`, with
+`.alpha`): the one layout that diffusers' `FluxPipeline.load_lora_weights` reads at any model width (its
+kohya reader hard-codes FLUX.1's 3072 when it splits the fused `linear1`) and that ComfyUI and Forge read
+too (their Flux key maps include diffusers' `transformer.` names with `.alpha`; ai-toolkit's LoRAs are
+saved so). LoHa/LoKr modules keep LyCORIS's suffixes on the same names, which ComfyUI reads.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from traintrain.choices import TEXT_ENCODER_BLOCK, UNET_BLOCK_IDS, NetworkElement
+from traintrain.errors import UserError
+from traintrain.networks.targeting import Target
+
+KEY_PREFIX = "transformer."
+BLOCK_CONTAINERS = {"FluxTransformerBlock": "D", "FluxSingleTransformerBlock": "S"}
+# kohya's LoRA suffixes -> diffusers/PEFT's, for the modules whose file names differ (LoRA's two factors).
+SAVED_SUFFIXES = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
+
+
+def flux_block_ids(transformer) -> tuple[str, ...]:
+    config = transformer.config
+    return tuple([f"D{i:02d}" for i in range(config.num_layers)] +
+                 [f"S{i:02d}" for i in range(config.num_single_layers)])
+
+
+def resolve_flux_blocks(selected: list[str], transformer) -> list[str]:
+    """The transformer blocks to train. Every UNet id selected (the default and the presets) means every
+    block; ids this transformer lacks are refused, naming the ones it has."""
+    valid = flux_block_ids(transformer)
+    if set(UNET_BLOCK_IDS) <= set(selected):
+        return list(valid)
+    unknown = [b for b in selected if b != TEXT_ENCODER_BLOCK and b not in valid]
+    if unknown:
+        raise UserError(f"network_blocks: {', '.join(unknown)} do not exist in this Flux model",
+                        f"choose among its blocks: {', '.join(valid)}", field="network_blocks")
+    return [b for b in selected if b != TEXT_ENCODER_BLOCK]
+
+
+def flux_targets(transformer, *, blocks: list[str], element: NetworkElement) -> list[Target]:
+    """Linear layers of the selected blocks, in module order; `element` SelfAttention keeps the attention
+    layers (Flux's attention is joint over text and image); CrossAttention has nothing to select."""
+    if element is NetworkElement.CROSS_ATTENTION:
+        raise UserError("network_element CrossAttention: Flux has no cross-attention (text and image attend "
+                        "jointly)", "use Full, or SelfAttention for the attention layers", field="network_element")
+    targets = []
+    for path, container in transformer.named_modules():
+        kind = BLOCK_CONTAINERS.get(type(container).__name__)
+        if kind is None:
+            continue
+        block = f"{kind}{int(path.rsplit('.', 1)[-1]):02d}"  # transformer_blocks.N / single_transformer_blocks.N
+        if block not in blocks:
+            continue
+        for child_name, child in container.named_modules():
+            if not isinstance(child, nn.Linear):
+                continue
+            if element is NetworkElement.SELF_ATTENTION and not child_name.startswith("attn."):
+                continue
+            targets.append(Target(f"{KEY_PREFIX}{path}.{child_name}", child, block, False))
+    return targets

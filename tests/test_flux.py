@@ -1,0 +1,230 @@
+"""Flux.1 (issue 16, first slice): tiny models in both formats load offline, LoRA mode trains on the
+flow-matching objective, and the saved file loads in diffusers with the same transformer output."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+from sample_images import write_demo_images
+from traintrain.choices import ALL_BLOCK_IDS
+from traintrain.config import TrainConfig
+from traintrain.errors import UserError
+from traintrain.jobs.runner import run_job
+from traintrain.models.checkpoint_kinds import checkpoint_family, tensor_shapes
+from traintrain.models.encoding import encode_prompts
+from traintrain.models.families import Family, is_flux_checkpoint
+from traintrain.models.flux_keys import bfl_to_diffusers, diffusers_to_bfl
+from traintrain.models.loading import load_model, read_checkpoint, read_weight_shapes
+from traintrain.models.tiny import build_tiny_components, write_tiny_model
+from traintrain.modes.flow_matching import flow_matching_step_loss, pack, sigmas_for, transformer_predict, unpack
+from traintrain.networks.kohya_format import load_lora, save_lora
+from traintrain.networks.network import AdapterNetwork, NetworkSpec
+
+SIZE = 64  # pixels: 8x8 latents, 16 image tokens
+
+
+def _spec(**values) -> NetworkSpec:
+    return NetworkSpec(**({"blocks": list(ALL_BLOCK_IDS)} | values))
+
+
+@pytest.fixture(scope="module")
+def flux():
+    components = build_tiny_components(Family.FLUX)
+    for part in (components.transformer, components.vae, *components.text_encoders):
+        part.requires_grad_(False)
+    return components
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, flux):
+    root = tmp_path_factory.mktemp("flux")
+    single = write_tiny_model("flux", "single-file", root / "models" / "flux1-tiny.safetensors", components=flux)
+    folder = write_tiny_model("flux", "diffusers", root / "flux-diffusers", components=flux)
+    return root, single, folder
+
+
+def _same_weights(first, second) -> None:
+    a, b = first.state_dict(), second.state_dict()
+    assert set(a) == set(b)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("which", ["single-file", "diffusers"])
+def test_tiny_flux_loads_offline_in_both_formats(written, flux, which):
+    _, single, folder = written
+    loaded = load_model(single if which == "single-file" else folder)
+    assert loaded.family is Family.FLUX and isinstance(loaded.transformer, FluxTransformer2DModel)
+    for ours, theirs in zip((flux.transformer, flux.vae, *flux.text_encoders),
+                            (loaded.transformer, loaded.vae, *loaded.text_encoders), strict=True):
+        _same_weights(ours, theirs)
+    assert loaded.vae.config.latent_channels == 16 and loaded.spec.latent_shift == 0.1159
+    assert loaded.tokenizers[1]("a red cat").input_ids == flux.tokenizers[1]("a red cat").input_ids
+    with pytest.raises(AttributeError, match="transformer"):
+        loaded.unet  # noqa: B018 - the SD name refuses clearly
+
+
+def test_detection_from_keys_and_folders(written):
+    _, single, folder = written
+    keys = read_checkpoint(single)
+    assert is_flux_checkpoint(keys) and is_flux_checkpoint({"model.diffusion_model." + k for k in keys})
+    assert not is_flux_checkpoint({"model.diffusion_model.input_blocks.0.0.weight"})
+    assert checkpoint_family(single, tensor_shapes(keys)) is Family.FLUX
+    assert read_weight_shapes(folder).family is Family.FLUX
+    assert read_weight_shapes(single).family is Family.FLUX
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+
+
+def test_bfl_layout_matches_diffusers_converter(flux):
+    """Our map against diffusers' own converter, on every tensor its hard-coded 3072 width does not split."""
+    config = flux.transformer.config
+    bfl = diffusers_to_bfl(flux.transformer.state_dict(), config.num_layers, config.num_single_layers)
+    assert {k: v.shape for k, v in bfl_to_diffusers(bfl).items()} == {
+        k: v.shape for k, v in flux.transformer.state_dict().items()}
+    width = bfl["img_in.weight"].shape[0]
+    padded = dict(bfl)
+    for key in [k for k in bfl if ".linear1." in k]:  # the split diffusers can only do at FLUX.1's width
+        padded[key] = torch.zeros((21504, width) if key.endswith("weight") else (21504,))
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(
+        {"model.diffusion_model." + k: v for k, v in padded.items()})
+    ours = bfl_to_diffusers(bfl)
+    split = ("attn.to_q.", "attn.to_k.", "attn.to_v.", "proj_mlp.")
+    compared = [k for k in ours if not (k.startswith("single_transformer_blocks.") and any(s in k for s in split))]
+    assert len(compared) > 40
+    assert all(torch.equal(ours[k], theirs[k]) for k in compared)
+
+
+def test_transformer_alone_names_the_files_to_add(tmp_path, flux):
+    single = write_tiny_model("flux", "single-file", tmp_path / "flux1.safetensors", components=flux)
+    (tmp_path / "t5xxl_fp16.safetensors").unlink()
+    (tmp_path / "ae.safetensors").unlink()
+    with pytest.raises(UserError) as error:
+        load_model(single)
+    assert "t5xxl_fp16.safetensors" in error.value.message and "ae.safetensors" in error.value.message
+    assert "clip_l" not in error.value.problem and error.value.field == "model"
+    # ComfyUI's layout: the encoders and the VAE in sibling folders
+    (tmp_path.parent / "clip").mkdir(exist_ok=True)
+    (tmp_path / "clip_l.safetensors").rename(tmp_path.parent / "clip" / "clip_l.safetensors")
+    with pytest.raises(UserError, match="t5xxl_fp16"):
+        load_model(single)
+
+
+def test_packing_and_sigmas():
+    latents = torch.randn(2, 16, 8, 6)
+    assert pack(latents).shape == (2, 12, 64) and torch.equal(unpack(pack(latents), 8, 6), latents)
+    sigmas = sigmas_for(torch.tensor([0, 499, 999]), 16)
+    assert sigmas[-1] == pytest.approx(1.0) and 0 < sigmas[0] < sigmas[1] < 1
+    assert sigmas_for(torch.tensor([499]), 4096)[0] > sigmas[1]  # bigger images, noisier timesteps
+
+
+def _config(**values) -> TrainConfig:
+    settings = dict(model="unused", lora_data_directory=".", network_rank=4, network_alpha=2,
+                    train_min_timesteps=0, train_max_timesteps=1000)
+    return TrainConfig(**(settings | values))
+
+
+def test_lora_training_lowers_the_loss(flux):
+    components = copy.deepcopy(flux)
+    network = AdapterNetwork(components, _spec(rank=4, alpha=4)).apply()
+    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cond = encode_prompts(components, ["a red cat", "a blue dog"])
+    optimizer = torch.optim.Adam(network.unet_parameters(), lr=3e-2)
+    config = _config()
+    losses = []
+    for _ in range(12):  # the same noise and timesteps every step: the fixed batch's loss must fall
+        loss = flow_matching_step_loss(components, latents, cond, config, torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def _randomized(network: AdapterNetwork, seed: int = 4) -> AdapterNetwork:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in network.all_modules:
+            module.lora_up.weight.copy_(torch.randn(module.lora_up.weight.shape, generator=generator) * 0.1)
+    return network
+
+
+def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, flux):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    ours = copy.deepcopy(flux)
+    network = _randomized(AdapterNetwork(ours, _spec(rank=4, alpha=2)).apply())
+    path = tmp_path / "flux_lora.safetensors"
+    save_lora(path, network.tensors_for_save(torch.float32), {"ss_base_model_version": "flux1"})
+    theirs = copy.deepcopy(flux)
+    pipe = FluxPipeline(FlowMatchEulerDiscreteScheduler(), theirs.vae, theirs.text_encoders[0], theirs.tokenizers[0],
+                        theirs.text_encoders[1], theirs.tokenizers[1], theirs.transformer)
+    pipe.load_lora_weights(str(path))
+    generator = torch.Generator().manual_seed(2)
+    noisy = torch.randn(1, 16, 8, 8, generator=generator)
+    with torch.no_grad():
+        cond = encode_prompts(flux, ["a photo of a cat"])
+        sigmas = torch.tensor([0.6])
+        expected = transformer_predict(ours, noisy, sigmas, cond)
+        got = transformer_predict(theirs, noisy, sigmas, cond)
+        base = transformer_predict(flux, noisy, sigmas, cond)
+    assert (expected - base).abs().max() > 1e-2  # the adapter really changes the output
+    assert (expected - got).abs().max() <= 1e-4
+
+
+def test_block_selection_restricts_saved_keys(flux):
+    components = copy.deepcopy(flux)
+    double = AdapterNetwork(components, NetworkSpec(rank=2, alpha=2, blocks=["D00"])).tensors_for_save(torch.float16)
+    single = AdapterNetwork(components, NetworkSpec(rank=2, alpha=2, blocks=["S00"])).tensors_for_save(torch.float16)
+    assert double and all(k.startswith("transformer.transformer_blocks.0.") for k in double)
+    assert single and all(k.startswith("transformer.single_transformer_blocks.0.") for k in single)
+    assert {k.rsplit(".", 2)[-2] + "." + k.rsplit(".", 1)[-1] for k in double if "lora_" in k} == {
+        "lora_A.weight", "lora_B.weight"}
+    with pytest.raises(UserError, match="D05"):
+        AdapterNetwork(components, NetworkSpec(blocks=["D05"]))
+    with pytest.raises(UserError, match="cross-attention"):
+        AdapterNetwork(components, _spec(element="CrossAttention"))
+
+
+def test_resume_across_families_is_refused(tmp_path, flux):
+    from helpers import tiny_components
+
+    sd1 = tiny_components(Family.SD1)
+    flux_file, sd1_file = tmp_path / "flux.safetensors", tmp_path / "sd1.safetensors"
+    save_lora(flux_file, AdapterNetwork(copy.deepcopy(flux), _spec()).tensors_for_save(torch.float16),
+              {"ss_base_model_version": "flux1"})
+    save_lora(sd1_file, AdapterNetwork(sd1, _spec()).tensors_for_save(torch.float16),
+              {"ss_base_model_version": "sd_v1"})
+    with pytest.raises(UserError, match="flux1") as error:
+        AdapterNetwork(sd1, _spec()).resume_from(flux_file)
+    assert error.value.field == "network_resume"
+    with pytest.raises(UserError, match="sd_v1"):
+        AdapterNetwork(copy.deepcopy(flux), _spec()).resume_from(sd1_file)
+    network = AdapterNetwork(copy.deepcopy(flux), _spec())
+    network.resume_from(flux_file)  # the same family continues
+
+
+def test_lora_job_on_a_flux_single_file(written, tmp_path):
+    root, single, _ = written
+    write_demo_images(tmp_path / "images")
+    events = []
+    config = TrainConfig(
+        model=str(single), lora_data_directory=str(tmp_path / "images"), network_rank=4, network_alpha=4,
+        train_iterations=3, train_batch_size=2, train_learning_rate=1e-3, image_size=[SIZE, SIZE],
+        image_buckets_step=SIZE, image_min_length=SIZE, train_model_precision="fp32", save_precision="fp32",
+        train_seed=3, save_lora_name="flux_lora", preview_prompts="a cat",
+    )
+    result = run_job(config, output_dir=tmp_path / "out", report=events.append)
+    tensors, metadata = load_lora(result.path)
+    assert metadata["ss_base_model_version"] == "flux1"
+    assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
+    assert metadata["modelspec.prediction_type"] == "flow"
+    assert all(k.startswith("transformer.") for k in tensors) and len(result.losses) == 3
+    warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
+    assert sum("preview" in w for w in warnings) == 1 and any("BASE" in w for w in warnings)
+    assert not list(result.path.parent.glob("*_preview.png"))
