@@ -228,3 +228,13 @@ def test_lora_job_on_a_flux_single_file(written, tmp_path):
     warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
     assert sum("preview" in w for w in warnings) == 1 and any("BASE" in w for w in warnings)
     assert not list(result.path.parent.glob("*_preview.png"))
+
+
+@pytest.mark.parametrize("network_type", ["loha", "lokr"])
+def test_lycoris_types_adapt_the_flux_linears(flux, network_type):
+    network = AdapterNetwork(copy.deepcopy(flux), _spec(network_type=network_type, rank=2, alpha=2))
+    saved = network.tensors_for_save(torch.float32)
+    assert saved and all(k.startswith("transformer.") and "lora_" not in k for k in saved)
+    again = AdapterNetwork(copy.deepcopy(flux), _spec(network_type=network_type, rank=2, alpha=2))
+    again.load_tensors(saved)
+    assert all(torch.equal(saved[k], v) for k, v in again.tensors_for_save(torch.float32).items())
