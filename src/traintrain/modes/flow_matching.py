@@ -18,6 +18,7 @@ from traintrain.models.encoding import Conditioning
 from traintrain.modes.denoising import training_noise, training_timesteps
 from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.loss import ELEMENTWISE
+from traintrain.training.transfer import to_device
 
 TRAIN_GUIDANCE = 1.0  # the guidance input while training a guidance-distilled (dev) model
 BASE_SEQUENCE, MAX_SEQUENCE = 256, 4096  # FluxPipeline's (base_image_seq_len, max_image_seq_len) ...
@@ -58,17 +59,18 @@ def transformer_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, c
     parameter = next(transformer.parameters())
     device, dtype = parameter.device, parameter.dtype
     batch, _, height, width = noisy.shape
-    hidden = conditioning.hidden.to(device, dtype)
+    hidden = to_device(conditioning.hidden, device, dtype)
     if conditioning.pooled is None:
         raise ValueError("Flux conditioning needs CLIP's pooled embedding")
-    image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype)
+    image_ids = to_device(FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, "cpu", dtype), device)
     text_ids = torch.zeros(hidden.shape[1], 3, device=device, dtype=dtype)
     guidance_input = None
     if transformer.config.guidance_embeds:
         guidance_input = torch.full((batch,), guidance, device=device, dtype=torch.float32)
     tokens = transformer(
-        hidden_states=pack(noisy.to(device, dtype)), timestep=sigmas.to(device, dtype), guidance=guidance_input,
-        pooled_projections=conditioning.pooled.to(device, dtype), encoder_hidden_states=hidden,
+        hidden_states=pack(to_device(noisy, device, dtype)), timestep=to_device(sigmas, device, dtype),
+        guidance=guidance_input, pooled_projections=to_device(conditioning.pooled, device, dtype),
+        encoder_hidden_states=hidden,
         txt_ids=text_ids, img_ids=image_ids, return_dict=False,
     )[0]
     return unpack(tokens, height, width)
@@ -91,8 +93,8 @@ def flow_matching_step_loss(components, latents: torch.Tensor, conditioning: Con
     shard = processes.shard
     noisy, target, sigmas, mask = shard(noisy), shard(target), shard(sigmas), shard(mask)
     prediction = transformer_predict(components, noisy, sigmas, conditioning.map(shard))
-    error = ELEMENTWISE[config.train_loss_function](prediction.float(), target.to(prediction.device).float(),
+    error = ELEMENTWISE[config.train_loss_function](prediction.float(), to_device(target, prediction.device).float(),
                                                     reduction="none")
     if mask is not None:
-        error = error * mask.to(error.device)
+        error = error * to_device(mask, error.device)
     return processes.weigh(error.mean(dim=(1, 2, 3)).mean(), batch)
