@@ -149,3 +149,6 @@ ALL_BLOCK_IDS = (TEXT_ENCODER_BLOCK,) + UNET_BLOCK_IDS
 # reference code numbers double_blocks.N and single_blocks.N. Not in the default selection: every UNet
 # id selected (the default) means every block of whatever model is trained.
 FLUX_BLOCK_IDS = tuple([f"D{i:02d}" for i in range(19)] + [f"S{i:02d}" for i in range(38)])
+# SD3 / SD3.5's MMDiT: joint blocks J00-J37 (24 in SD3 Medium and SD3.5 Medium, 38 in SD3.5 Large), as its
+# reference code numbers joint_blocks.N.
+SD3_BLOCK_IDS = tuple(f"J{i:02d}" for i in range(38))

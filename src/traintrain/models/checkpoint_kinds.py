@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from traintrain.errors import UserError
-from traintrain.models.families import Family, detect_family_from_ldm_keys, is_flux_checkpoint
+from traintrain.models.families import Family, detect_family_from_ldm_keys, is_flux_checkpoint, is_sd3_checkpoint
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.training.events import Message, Reporter
 
@@ -55,6 +55,8 @@ def checkpoint_family(path: Path, shapes: Shapes) -> Family:
     _refuse_lora(path, shapes)
     if is_flux_checkpoint(shapes):  # its text encoders and VAE may be separate files (models/flux_loading.py)
         return Family.FLUX
+    if is_sd3_checkpoint(shapes):  # before the LDM checks: it shares the UNet's model.diffusion_model. prefix
+        return Family.SD3
     has_unet = any(key.startswith(UNET_PREFIX) for key in shapes)
     if not has_unet and not any(key.startswith(TEXT_ENCODER_ROOTS) for key in shapes):
         raise _not_a_model(path, shapes)

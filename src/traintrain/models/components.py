@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from traintrain.models.families import SPECS, Family, FamilySpec
+from traintrain.models.families import SD_FAMILIES, SPECS, Family, FamilySpec
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
     from traintrain.models.prediction import PredictionChoice
 
@@ -18,13 +18,15 @@ class ModelComponents:
     """Denoiser, VAE, text encoder(s) and tokenizer(s) of one model, in diffusers/transformers classes.
 
     The denoiser is the network the adapters train: a UNet2DConditionModel for SD1/SD2/SDXL, a
-    FluxTransformer2DModel for Flux. `unet` names it in the SD code paths, `transformer` in Flux's.
+    FluxTransformer2DModel for Flux, an SD3Transformer2DModel for SD3. `unet` names it in the SD code paths,
+    `transformer` in the transformer families'.
     SD1/SD2 have one text encoder and tokenizer; SDXL has two (CLIP-L first, OpenCLIP-bigG second);
-    Flux has CLIP-L (pooled) first and T5 second.
+    Flux has CLIP-L (pooled) first and T5 second; SD3 has CLIP-L, CLIP-G (both with projection) and T5,
+    which may be absent.
     """
 
     family: Family
-    denoiser: UNet2DConditionModel | FluxTransformer2DModel
+    denoiser: UNet2DConditionModel | FluxTransformer2DModel | SD3Transformer2DModel
     vae: AutoencoderKL
     text_encoders: list = field(default_factory=list)  # transformers CLIPTextModel(WithProjection), T5EncoderModel
     tokenizers: list = field(default_factory=list)  # transformers CLIPTokenizer, T5TokenizerFast
@@ -34,9 +36,10 @@ class ModelComponents:
 
     @property
     def unet(self) -> UNet2DConditionModel:
-        """The UNet of an SD-family model; a Flux model has none (its denoiser is `transformer`)."""
-        if self.family is Family.FLUX:
-            raise AttributeError("a Flux model has a transformer, not a UNet: use components.transformer")
+        """The UNet of an SD-family model; Flux and SD3 have none (their denoiser is `transformer`)."""
+        if self.family not in SD_FAMILIES:
+            raise AttributeError(
+                f"a {self.family.value} model has a transformer, not a UNet: use components.transformer")
         return self.denoiser  # SD families hold a UNet2DConditionModel
 
     @unet.setter
@@ -44,11 +47,11 @@ class ModelComponents:
         self.denoiser = value
 
     @property
-    def transformer(self) -> FluxTransformer2DModel:
-        """The transformer of a Flux model."""
-        if self.family is not Family.FLUX:
+    def transformer(self) -> FluxTransformer2DModel | SD3Transformer2DModel:
+        """The transformer of a Flux or SD3 model."""
+        if self.family in SD_FAMILIES:
             raise AttributeError(f"a {self.family.value} model has a UNet, not a transformer: use components.unet")
-        return self.denoiser  # Flux holds a FluxTransformer2DModel
+        return self.denoiser  # Flux / SD3 hold their transformer
 
     @property
     def spec(self) -> FamilySpec:

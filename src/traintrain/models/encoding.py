@@ -56,6 +56,10 @@ def encode_prompts(components, texts: list[str]) -> Conditioning:
         from traintrain.models.flux_text import encode_flux_prompts
 
         return encode_flux_prompts(components, texts)
+    if components.family is Family.SD3:  # CLIP-L/G states padded and T5's appended, as StableDiffusion3Pipeline
+        from traintrain.models.sd3_text import encode_sd3_prompts
+
+        return encode_sd3_prompts(components, texts)
     hiddens, pooled = [], None
     for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders, strict=False)):
         empty = chunk_token_ids(tokenizer, "")[0]

@@ -1,4 +1,4 @@
-"""What distinguishes SD1.x, SD2.x, SDXL and Flux.1, and how to tell them apart from checkpoint keys."""
+"""What distinguishes SD1.x, SD2.x, SDXL, SD3/SD3.5 and Flux.1, and how to tell them apart from checkpoint keys."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ class Family(str, enum.Enum):
     SD2 = "sd2"
     SDXL = "sdxl"
     FLUX = "flux"
+    SD3 = "sd3"
 
 
-# The UNet families (DDPM noise schedule, LDM single files); Flux has its own paths.
+# The UNet families (DDPM noise schedule, LDM single files); Flux and SD3 have their own paths.
 SD_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)
+# The transformer families: a diffusers transformer as denoiser, trained on the flow-matching objective.
+TRANSFORMER_FAMILIES = (Family.FLUX, Family.SD3)
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,8 @@ class FamilySpec:
 
     @property
     def flow_matching(self) -> bool:
-        """Trained on the rectified-flow objective (Flux) instead of DDPM's noise schedule."""
-        return self.family is Family.FLUX
+        """Trained on the rectified-flow objective (Flux, SD3) instead of DDPM's noise schedule."""
+        return self.family in TRANSFORMER_FAMILIES
 
     def architecture(self, v_prediction: bool) -> str:
         """modelspec.architecture: SD2's v models are their own architecture (768-v) there."""
@@ -54,7 +57,16 @@ SPECS: dict[Family, FamilySpec] = {
         Family.FLUX, 0.3611, "flux1", "flux-1-dev/lora", ("lora_te1",), latent_shift=0.1159, latent_channels=16,
         modelspec_implementation="https://github.com/black-forest-labs/flux",
     ),
+    # SD3's CLIP-L and CLIP-G are kohya's lora_te1 / lora_te2 (T5 lora_te3). sd-scripts writes the MMDiT variant
+    # as ss_base_model_version ("medium", "5-medium", "5-large") and "stable-diffusion-3-<variant>" as the
+    # architecture (sai_model_spec.py); we write "sd3", which names the family, and read theirs too.
+    Family.SD3: FamilySpec(
+        Family.SD3, 1.5305, "sd3", "stable-diffusion-3-medium/lora", ("lora_te1", "lora_te2"), latent_shift=0.0609,
+        latent_channels=16, modelspec_implementation="diffusers",
+    ),
 }
+# ss_base_model_version values kohya's sd-scripts writes for SD3 / SD3.5 LoRAs (the MMDiT variant).
+SD3_KOHYA_VERSIONS = ("medium", "5-medium", "5-large")
 
 # Training noise schedule shared by all families (BEHAVIOR.md).
 NOISE_SCHEDULE = dict(
@@ -86,3 +98,21 @@ def is_flux_checkpoint(keys) -> bool:
     """The file holds a Flux.1 transformer in the reference (BFL) layout."""
     keys = set(keys)
     return any(all(prefix + marker in keys for marker in FLUX_MARKERS) for prefix in FLUX_PREFIXES)
+
+
+# Stability AI's single-file MMDiT layout (sd3_medium*.safetensors, sd3.5_*.safetensors), bare or under the prefix.
+SD3_MARKERS = ("joint_blocks.0.x_block.attn.qkv.weight", "context_embedder.weight")
+
+
+def is_sd3_checkpoint(keys) -> bool:
+    """The file holds an SD3 / SD3.5 MMDiT in the reference layout."""
+    keys = set(keys)
+    return any(all(prefix + marker in keys for marker in SD3_MARKERS) for prefix in FLUX_PREFIXES)
+
+
+def sd3_variant(config) -> str:
+    """kohya's name of an SD3Transformer2DModel's variant: 3.5 adds q/k norms, 3.5 Medium also a second
+    attention in its first blocks (sd-scripts' analyze_state_dict_state)."""
+    if not config.get("qk_norm"):
+        return "medium"
+    return "5-medium" if config.get("dual_attention_layers") else "5-large"

@@ -54,7 +54,7 @@ def build_tiny_flux(seed: int = 0) -> ModelComponents:
         vae = AutoencoderKL.from_config(config_template(Family.FLUX, "vae") | {
             "block_out_channels": TINY_VAE_CHANNELS, "layers_per_block": 1, "sample_size": 128,
         })
-        _shape_latent_space(vae)
+        shape_latent_space(vae)
         clip = tiny_text_encoder(Family.SD1, 0, tokenizers[0])  # Flux's CLIP-L is SD1's text encoder
         t5 = T5EncoderModel(T5Config(**config_template(Family.FLUX, "text_encoder_2") | {
             "vocab_size": len(tokenizers[1]), "d_model": TINY_T5_WIDTH, "d_ff": 2 * TINY_T5_WIDTH, "d_kv": 16,
@@ -65,10 +65,11 @@ def build_tiny_flux(seed: int = 0) -> ModelComponents:
     return ModelComponents(Family.FLUX, transformer, vae, [clip, t5], tokenizers, source=f"tiny-flux-seed{seed}")
 
 
-def _shape_latent_space(vae: AutoencoderKL) -> None:
+def shape_latent_space(vae: AutoencoderKL, family: Family = Family.FLUX) -> None:
     """As tiny.py's for SD VAEs (a nearly deterministic posterior, latents of std about 1 after the
-    family's scale), on the encoder's last conv and the decoder's first: Flux's VAE has no quant convs."""
-    gain = 1.0 / (0.3 * SPECS[Family.FLUX].latent_scale)
+    family's scale), on the encoder's last conv and the decoder's first: Flux's and SD3's VAEs have no
+    quant convs."""
+    gain = 1.0 / (0.3 * SPECS[family].latent_scale)
     channels = vae.config.latent_channels
     with torch.no_grad():
         vae.encoder.conv_out.weight[:channels] *= gain

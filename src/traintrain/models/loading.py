@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from traintrain.errors import UserError
 from traintrain.models.checkpoint_kinds import checkpoint_family, choose_unet_weights, no_ema_weights, tensor_shapes
 from traintrain.models.components import ModelComponents
-from traintrain.models.families import Family, is_flux_checkpoint
+from traintrain.models.families import Family, is_flux_checkpoint, is_sd3_checkpoint
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.models.prediction import PredictionChoice, choose_prediction, declared_prediction
 from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
@@ -55,7 +55,9 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; check the model path", field="model")
-    components = _load_flux(path, tokenizer_dir, report, use_ema) if _is_flux(path) else None
+    transformer_family = _transformer_family(path)
+    components = _load_transformer_family(transformer_family, path, tokenizer_dir, report, use_ema) if (
+        transformer_family) else None
     if components is None:
         load = _load_diffusers_folder if path.is_dir() else _load_single_file
         components = load(path, tokenizer_dir, report, use_ema)
@@ -65,27 +67,34 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
             model.to(dtype)
         model.eval()
     if components.spec.flow_matching:  # neither epsilon nor v: no choice to make
-        components.prediction = PredictionChoice(False, "Flux models train on the flow-matching objective")
+        components.prediction = PredictionChoice(
+            False, f"{components.family.value} models train on the flow-matching objective")
         return components
     components.prediction = choose_prediction(components, components.prediction, v_prediction)
     components.v_prediction = components.prediction.v_prediction
     return components
 
 
-def _is_flux(path: Path) -> bool:
+def _transformer_family(path: Path) -> Family | None:
+    """Flux or SD3, from the pipeline a folder names or the keys of a single file; None for the UNet families."""
     from traintrain.models.flux_loading import is_flux_folder
+    from traintrain.models.sd3_loading import is_sd3_folder
 
     if path.is_dir():
-        return is_flux_folder(path)
+        return Family.FLUX if is_flux_folder(path) else Family.SD3 if is_sd3_folder(path) else None
     shapes = _safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else {}
-    return is_flux_checkpoint(shapes)
+    return Family.FLUX if is_flux_checkpoint(shapes) else Family.SD3 if is_sd3_checkpoint(shapes) else None
 
 
-def _load_flux(path: Path, tokenizer_dir, report: Reporter, use_ema: bool) -> ModelComponents:
+def _load_transformer_family(family: Family, path: Path, tokenizer_dir, report: Reporter,
+                             use_ema: bool) -> ModelComponents:
     from traintrain.models.flux_loading import load_flux_folder, load_flux_single_file
+    from traintrain.models.sd3_loading import load_sd3_folder, load_sd3_single_file
 
-    if use_ema:  # Flux files hold one set of transformer weights
+    if use_ema:  # Flux and SD3 files hold one set of transformer weights
         raise no_ema_weights(path)
+    if family is Family.SD3:
+        return (load_sd3_folder if path.is_dir() else load_sd3_single_file)(path, tokenizer_dir, report)
     return (load_flux_folder if path.is_dir() else load_flux_single_file)(path, tokenizer_dir, report)
 
 
@@ -146,7 +155,7 @@ def read_weight_shapes(path) -> WeightShapes:
         check_diffusers_folder(path)
         family = _family_from_folder(path)
         folders = [path / name for name in TEXT_ENCODER_FOLDERS if (path / name).is_dir()]
-        denoiser = path / ("transformer" if family is Family.FLUX else "unet")
+        denoiser = path / ("transformer" if family in (Family.FLUX, Family.SD3) else "unet")
         return WeightShapes(family, _folder_shapes(denoiser), [s for f in folders for s in _folder_shapes(f)])
     if path.suffix.lower() == ".safetensors":
         shapes = _safetensors_shapes(path)
@@ -158,6 +167,12 @@ def read_weight_shapes(path) -> WeightShapes:
 
         transformer = [shape for key, shape in shapes.items()
                        if key.removeprefix(UNET_PREFIX).startswith(TRANSFORMER_ROOTS)]
+        return WeightShapes(family, transformer, [])
+    if family is Family.SD3:  # the MMDiT; a LoRA trains the transformer only
+        from traintrain.models.sd3_loading import TRANSFORMER_ROOTS as SD3_ROOTS
+
+        transformer = [shape for key, shape in shapes.items()
+                       if key.removeprefix(UNET_PREFIX).startswith(SD3_ROOTS)]
         return WeightShapes(family, transformer, [])
     return WeightShapes(
         family,
@@ -418,7 +433,7 @@ def _architecture_name(config: dict) -> str:
 def check_diffusers_folder(path: Path) -> None:
     denoiser = "unet"
     if (path / "model_index.json").is_file() and (path / "transformer").is_dir():
-        denoiser = "transformer"  # Flux (is_flux_folder names the pipeline class)
+        denoiser = "transformer"  # Flux, SD3 (is_flux_folder / is_sd3_folder name the pipeline class)
     if not (path / "model_index.json").is_file() or not (path / denoiser / "config.json").is_file():
         raise UserError(
             f"{path}: folder is not a diffusers model (no model_index.json with {denoiser}/); "
@@ -448,9 +463,12 @@ def _family_from_folder(path: Path) -> Family:
     """Flux names its pipeline; SDXL has a second text encoder; SD2's OpenCLIP encoder uses gelu where SD1's
     CLIP-L uses quick_gelu."""
     from traintrain.models.flux_loading import is_flux_folder
+    from traintrain.models.sd3_loading import is_sd3_folder
 
     if is_flux_folder(path):
         return Family.FLUX
+    if is_sd3_folder(path):
+        return Family.SD3
     if (path / "text_encoder_2").is_dir():
         return Family.SDXL
     encoder_config = path / "text_encoder" / "config.json"

@@ -45,6 +45,10 @@ def build_tiny_components(family: Family, seed: int = 0) -> ModelComponents:
         from traintrain.models.flux_tiny import build_tiny_flux
 
         return build_tiny_flux(seed)
+    if family is Family.SD3:
+        from traintrain.models.sd3_tiny import build_tiny_sd3
+
+        return build_tiny_sd3(seed)
     tokenizers = [build_tiny_tokenizer() for _ in TINY_TEXT_WIDTHS[family]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -135,6 +139,13 @@ def write_tiny_model(
     components = components or build_tiny_components(family, seed)
     if family is Family.FLUX:
         _write_tiny_flux(components, fmt, out)
+    elif family is Family.SD3:
+        from traintrain.models.sd3_tiny import write_sd3_diffusers, write_sd3_single_file
+
+        if fmt == "diffusers":
+            write_sd3_diffusers(components, out)
+        else:  # all-in-one, as sd3_medium_incl_clips_t5xxlfp16.safetensors
+            write_sd3_single_file(components, out)
     elif fmt == "single-file":
         with atomic_folder(tokenizer_folder) as tmp:  # first: the model's name appears only when it is usable
             _write_tokenizers(components, tmp)

@@ -1,10 +1,16 @@
-"""Flux.1's training step: the rectified-flow objective on packed latents, as FluxPipeline runs the model.
+"""The flow-matching training step of the transformer families: Flux.1 (packed latents, as FluxPipeline runs
+the model) and SD3 / SD3.5 (as StableDiffusion3Pipeline runs it).
 
 x_t = (1 - sigma) * x0 + sigma * noise and the model predicts the flow, noise - x0. sigma comes from the
 usual timestep draw t ~ U[min_t, max_t) of 1000, shifted as Flux samples (`time_shift` with mu growing
 linearly in the number of image tokens, 0.5 at 256 to 1.15 at 4096: larger images get noisier
 timesteps). The transformer sees latents packed 2x2 into tokens, image/text position ids, T5 states,
 CLIP's pooled vector and, for guidance-distilled models (dev), the guidance value.
+
+SD3 shifts every resolution alike, sigma = s * t' / (1 + (s - 1) * t') with its scheduler's shift s = 3.0,
+and its transformer takes the [B, 16, H, W] latents as they are (it patches them itself), the timestep
+as sigma * 1000, the CLIP/T5 token states and the two CLIPs' pooled vectors. Each family's predict and
+noise levels are chosen here (`transformer_predict`, `flow_sigmas`), so the modes stay family-blind.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 from diffusers import FluxPipeline
 
 from traintrain.models.encoding import Conditioning
+from traintrain.models.families import Family
 from traintrain.modes.denoising import training_noise, training_timesteps
 from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.loss import ELEMENTWISE
@@ -24,6 +31,7 @@ TRAIN_GUIDANCE = 1.0  # the guidance input while training a guidance-distilled (
 BASE_SEQUENCE, MAX_SEQUENCE = 256, 4096  # FluxPipeline's (base_image_seq_len, max_image_seq_len) ...
 BASE_SHIFT, MAX_SHIFT = 0.5, 1.15  # ... and the shifts mu takes there
 TIMESTEPS = 1000
+SD3_SHIFT = 3.0  # StableDiffusion3Pipeline's scheduler (models/configs/sd3/scheduler), SD3 and SD3.5 alike
 
 
 def shift_mu(image_tokens: int) -> float:
@@ -37,6 +45,21 @@ def sigmas_for(timesteps: torch.Tensor, image_tokens: int) -> torch.Tensor:
     fraction = (timesteps.double() + 1) / TIMESTEPS
     mu = math.exp(shift_mu(image_tokens))
     return (mu / (mu + (1 / fraction - 1))).float()
+
+
+def shifted_sigmas(timesteps: torch.Tensor, shift: float) -> torch.Tensor:
+    """Noise level of integer timesteps in [0, 1000) under a fixed shift: t' = (t + 1) / 1000, then
+    shift * t' / (1 + (shift - 1) * t') (FlowMatchEulerDiscreteScheduler's static shift)."""
+    fraction = (timesteps.double() + 1) / TIMESTEPS
+    return (shift * fraction / (1 + (shift - 1) * fraction)).float()
+
+
+def flow_sigmas(components, timesteps: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """The family's noise levels for integer timesteps on latents of this size."""
+    if components.family is Family.SD3:
+        return shifted_sigmas(timesteps, SD3_SHIFT)
+    height, width = latents.shape[-2:]
+    return sigmas_for(timesteps, (height // 2) * (width // 2))
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -54,7 +77,34 @@ def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def transformer_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditioning: Conditioning,
                         guidance: float = TRAIN_GUIDANCE) -> torch.Tensor:
-    """The transformer's flow prediction for noisy [B, 16, H, W] latents, in the same shape."""
+    """The transformer's flow prediction for noisy [B, 16, H, W] latents at noise levels `sigmas`, in the same
+    shape, as the family's pipeline runs it (`guidance`: Flux's guidance input)."""
+    if components.family is Family.SD3:
+        return sd3_predict(components, noisy, sigmas, conditioning)
+    return flux_predict(components, noisy, sigmas, conditioning, guidance)
+
+
+def sd3_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    """SD3's transformer on unpacked latents; its timestep input is sigma * 1000, as the pipeline passes it."""
+    transformer = components.transformer
+    device, dtype = _place(transformer)
+    if conditioning.pooled is None:
+        raise ValueError("SD3 conditioning needs the CLIPs' pooled embeddings")
+    return transformer(
+        hidden_states=to_device(noisy, device, dtype), timestep=to_device(sigmas * TIMESTEPS, device, dtype),
+        encoder_hidden_states=to_device(conditioning.hidden, device, dtype),
+        pooled_projections=to_device(conditioning.pooled, device, dtype), return_dict=False,
+    )[0]
+
+
+def _place(model) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
+def flux_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditioning: Conditioning,
+                 guidance: float = TRAIN_GUIDANCE) -> torch.Tensor:
+    """Flux's transformer on packed latents with image/text position ids and, for dev, the guidance input."""
     transformer = components.transformer
     parameter = next(transformer.parameters())
     device, dtype = parameter.device, parameter.dtype
@@ -78,7 +128,7 @@ def transformer_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, c
 
 def flow_matching_step_loss(components, latents: torch.Tensor, conditioning: Conditioning, config, generator,
                             mask: torch.Tensor | None = None, processes: Processes = SINGLE) -> torch.Tensor:
-    """LoRA loss on Flux. `latents` are the cache's `sample * scale`; Flux's VAE also shifts them, so
+    """LoRA loss on Flux / SD3. `latents` are the cache's `sample * scale`; their VAEs also shift them, so
     x0 = latents - shift * scale. The whole batch's noise and timesteps are drawn in every process."""
     spec = components.spec
     batch, _, height, width = latents.shape
@@ -86,7 +136,7 @@ def flow_matching_step_loss(components, latents: torch.Tensor, conditioning: Con
     noise = training_noise(x0.shape, generator, config.train_noise_offset)
     timesteps = training_timesteps(batch, config.train_min_timesteps, config.train_max_timesteps, generator,
                                    config.train_fixed_timsteps_in_batch)
-    sigmas = sigmas_for(timesteps, (height // 2) * (width // 2))
+    sigmas = flow_sigmas(components, timesteps, x0)
     expanded = sigmas.view(-1, 1, 1, 1)
     noisy = (1 - expanded) * x0 + expanded * noise
     target = noise - x0

@@ -32,27 +32,36 @@ def flux_block_ids(transformer) -> tuple[str, ...]:
 
 
 def resolve_flux_blocks(selected: list[str], transformer) -> list[str]:
+    return resolve_transformer_blocks(selected, flux_block_ids(transformer), "Flux")
+
+
+def resolve_transformer_blocks(selected: list[str], valid: tuple[str, ...], model: str) -> list[str]:
     """The transformer blocks to train. Every UNet id selected (the default and the presets) means every
     block; ids this transformer lacks are refused, naming the ones it has."""
-    valid = flux_block_ids(transformer)
     if set(UNET_BLOCK_IDS) <= set(selected):
         return list(valid)
     unknown = [b for b in selected if b != TEXT_ENCODER_BLOCK and b not in valid]
     if unknown:
-        raise UserError(f"network_blocks: {', '.join(unknown)} do not exist in this Flux model",
+        raise UserError(f"network_blocks: {', '.join(unknown)} do not exist in this {model} model",
                         f"choose among its blocks: {', '.join(valid)}", field="network_blocks")
     return [b for b in selected if b != TEXT_ENCODER_BLOCK]
 
 
 def flux_targets(transformer, *, blocks: list[str], element: NetworkElement) -> list[Target]:
-    """Linear layers of the selected blocks, in module order; `element` SelfAttention keeps the attention
-    layers (Flux's attention is joint over text and image); CrossAttention has nothing to select."""
+    return linear_targets(transformer, BLOCK_CONTAINERS, blocks=blocks, element=element, model="Flux")
+
+
+def linear_targets(transformer, containers: dict[str, str], *, blocks: list[str], element: NetworkElement,
+                   model: str) -> list[Target]:
+    """Linear layers of the selected blocks (`containers`: block class name -> id letter), in module order;
+    `element` SelfAttention keeps the attention layers (the attention is joint over text and image: `attn.`,
+    and SD3.5's second image attention `attn2.`); CrossAttention has nothing to select."""
     if element is NetworkElement.CROSS_ATTENTION:
-        raise UserError("network_element CrossAttention: Flux has no cross-attention (text and image attend "
+        raise UserError(f"network_element CrossAttention: {model} has no cross-attention (text and image attend "
                         "jointly)", "use Full, or SelfAttention for the attention layers", field="network_element")
     targets = []
     for path, container in transformer.named_modules():
-        kind = BLOCK_CONTAINERS.get(type(container).__name__)
+        kind = containers.get(type(container).__name__)
         if kind is None:
             continue
         block = f"{kind}{int(path.rsplit('.', 1)[-1]):02d}"  # transformer_blocks.N / single_transformer_blocks.N
@@ -61,7 +70,7 @@ def flux_targets(transformer, *, blocks: list[str], element: NetworkElement) -> 
         for child_name, child in container.named_modules():
             if not isinstance(child, nn.Linear):
                 continue
-            if element is NetworkElement.SELF_ATTENTION and not child_name.startswith("attn."):
+            if element is NetworkElement.SELF_ATTENTION and not child_name.startswith(("attn.", "attn2.")):
                 continue
             targets.append(Target(f"{KEY_PREFIX}{path}.{child_name}", child, block, False))
     return targets

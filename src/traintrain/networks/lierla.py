@@ -57,6 +57,8 @@ class LoRAModule(AdapterModule):
 
     def load_saved_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         super().load_saved_tensors(tensors)
+        if "alpha" not in tensors:  # diffusers / PEFT files (SD3's): no alpha means alpha = rank, a scale of 1
+            self.alpha.fill_(float(self.rank))
         self.scale = float(self.alpha) / self.rank  # a file's alpha may differ from the one built with
 
     def saved_tensors(self) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from traintrain.choices import TEXT_ENCODER_BLOCK, NetworkElement, NetworkType
 from traintrain.errors import UserError
-from traintrain.models.families import SPECS, Family
+from traintrain.models.families import SD3_KOHYA_VERSIONS, SPECS, TRANSFORMER_FAMILIES, Family
 from traintrain.networks.base import AdapterModule
 from traintrain.networks.flux_targeting import SAVED_SUFFIXES as FLUX_SAVED_SUFFIXES
 from traintrain.networks.flux_targeting import flux_targets, resolve_flux_blocks
@@ -19,6 +19,7 @@ from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.lierla import LoRAModule
 from traintrain.networks.loha import LoHaModule
 from traintrain.networks.lokr import LoKrModule
+from traintrain.networks.sd3_targeting import resolve_sd3_blocks, sd3_targets
 from traintrain.networks.targeting import resolve_blocks, text_encoder_targets, unet_targets
 
 # network_type -> module class; every type but lierla also adapts the ResNet and sampler convs.
@@ -85,19 +86,29 @@ class AdapterNetwork(nn.Module):
         super().__init__()
         self.spec = spec
         self.family = components.family
-        # file suffixes that differ from the modules' kohya ones (Flux files use diffusers' lora_A / lora_B)
+        # file suffixes that differ from the modules' kohya ones (Flux / SD3 files use diffusers' lora_A / lora_B)
         self.saved_suffixes: dict[str, str] = {}
+        # SD3 LoRA files hold no alpha: StableDiffusion3Pipeline.load_lora_weights refuses any key without
+        # "lora" in it, so alpha / rank is multiplied into the two factors (sqrt each), which every reader
+        # (diffusers, ComfyUI, PEFT) then applies with the scale 1 a missing alpha means.
+        self.alpha_in_factors = False
         text = []
-        if components.family is Family.FLUX:  # the transformer only: text-encoder training on Flux is not built
+        # the transformer only: text-encoder training on Flux / SD3 is not built
+        if components.family is Family.FLUX:
             unet = flux_targets(components.transformer, blocks=resolve_flux_blocks(spec.blocks, components.transformer),
                                 element=spec.element)
             self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
+        elif components.family is Family.SD3:
+            unet = sd3_targets(components.transformer, blocks=resolve_sd3_blocks(spec.blocks, components.transformer),
+                               element=spec.element)
+            self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
+            self.alpha_in_factors = True
         else:
             unet = unet_targets(
                 components.unet, blocks=resolve_blocks(spec.blocks, components.unet), element=spec.element,
                 with_conv_blocks=spec.with_conv_blocks, sgm_names=components.family == Family.SDXL,
             )
-        if spec.trains_text_encoder and components.family is not Family.FLUX:
+        if spec.trains_text_encoder and components.family not in TRANSFORMER_FAMILIES:
             for prefix, encoder in zip(components.spec.text_encoder_prefixes, components.text_encoders, strict=False):
                 text += text_encoder_targets(encoder, prefix)
         if not unet and not text:
@@ -152,10 +163,13 @@ class AdapterNetwork(nn.Module):
         factor = math.sqrt(strength)
         out = {}
         for module in self.all_modules:
-            for suffix, tensor in module.saved_tensors().items():
+            saved, scale = module.saved_tensors(), factor
+            if self.alpha_in_factors and isinstance(module, LoRAModule):
+                saved, scale = {k: v for k, v in saved.items() if k != "alpha"}, factor * math.sqrt(module.scale)
+            for suffix, tensor in saved.items():
                 value = tensor.detach().float()
                 if suffix in module.strength_tensors:
-                    value = value * factor
+                    value = value * scale
                 name = f"{module.lora_name}.{self.saved_suffixes.get(suffix, suffix)}"
                 out[name] = value.to(dtype).contiguous().cpu()
         return out
@@ -190,7 +204,8 @@ class AdapterNetwork(nn.Module):
         """Continue training from a saved file (network_resume): same model, type, rank, blocks."""
         tensors, metadata = load_lora(path)
         trained_for = lora_family(tensors, metadata)
-        if trained_for is not None and (trained_for is Family.FLUX) != (self.family is Family.FLUX):
+        transformers = (trained_for in TRANSFORMER_FAMILIES, self.family in TRANSFORMER_FAMILIES)
+        if trained_for is not None and trained_for is not self.family and any(transformers):
             raise UserError(
                 f"{path}: a LoRA for {SPECS[trained_for].base_model_version} models; this model is "
                 f"{self.family.value} ({SPECS[self.family].base_model_version})",
@@ -207,12 +222,19 @@ def _rename_suffix(key: str, renamed: dict[str, str]) -> str:
 
 
 def lora_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Family | None:
-    """The family a LoRA file was trained for: kohya's ss_base_model_version, else Flux's key names
-    (diffusers' `transformer.`, kohya's `lora_unet_double_blocks_` / `_single_blocks_`); None if unknown."""
+    """The family a LoRA file was trained for: kohya's ss_base_model_version (sd-scripts writes SD3's variant,
+    "medium" / "5-large" ...), else the key names: SD3's `joint_blocks` (kohya's `lora_unet_joint_blocks_`),
+    Flux's single blocks (diffusers' `transformer.single_transformer_blocks.`, kohya's `lora_unet_double_blocks_`
+    / `_single_blocks_`); None if unknown (diffusers' `transformer.transformer_blocks.` alone are either)."""
     version = metadata.get("ss_base_model_version", "")
+    if version in SD3_KOHYA_VERSIONS or version.startswith("sd3"):
+        return Family.SD3
     for spec in SPECS.values():
         if version == spec.base_model_version or (version.startswith("flux") and spec.family is Family.FLUX):
             return spec.family
-    if any(key.startswith(("transformer.", "lora_unet_double_blocks_", "lora_unet_single_blocks_")) for key in tensors):
+    if any(key.startswith("lora_unet_joint_blocks_") or ".joint_blocks." in key for key in tensors):
+        return Family.SD3
+    flux_keys = ("transformer.single_transformer_blocks.", "lora_unet_double_blocks_", "lora_unet_single_blocks_")
+    if any(key.startswith(flux_keys) for key in tensors):
         return Family.FLUX
     return None

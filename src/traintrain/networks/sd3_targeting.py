@@ -1,0 +1,31 @@
+"""Which layers of an SD3 / SD3.5 transformer an adapter trains, and how the saved file names them.
+
+Blocks are chosen in SD3's own terms: `J{n}` is the reference code's `joint_blocks.n` (diffusers'
+`transformer_blocks.n`). Every Linear inside a selected block is adapted (both streams' attention
+projections, MLPs and modulations, and SD3.5 Medium's second attention), as kohya's SD3 LoRAs do.
+
+Saved names are diffusers' (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, with `.alpha`), as
+for Flux: `StableDiffusion3Pipeline.load_lora_weights` reads them, and ComfyUI's SD3 key map
+(`comfy/lora.py` model_lora_keys_unet for SD3) maps diffusers' `transformer.transformer_blocks.N.*` names
+to its MMDiT, the same way it reads Flux's.
+"""
+
+from __future__ import annotations
+
+from traintrain.choices import NetworkElement
+from traintrain.networks.flux_targeting import linear_targets, resolve_transformer_blocks
+from traintrain.networks.targeting import Target
+
+BLOCK_CONTAINERS = {"JointTransformerBlock": "J"}
+
+
+def sd3_block_ids(transformer) -> tuple[str, ...]:
+    return tuple(f"J{i:02d}" for i in range(transformer.config.num_layers))
+
+
+def resolve_sd3_blocks(selected: list[str], transformer) -> list[str]:
+    return resolve_transformer_blocks(selected, sd3_block_ids(transformer), "SD3")
+
+
+def sd3_targets(transformer, *, blocks: list[str], element: NetworkElement) -> list[Target]:
+    return linear_targets(transformer, BLOCK_CONTAINERS, blocks=blocks, element=element, model="SD3")
