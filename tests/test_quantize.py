@@ -60,7 +60,7 @@ def test_input_gradients_are_those_of_the_decoded_weights(storage):
     for layer, shape in [(nn.Linear(64, 48), (4, 5, 64)), (nn.Conv2d(16, 24, 3, padding=2, dilation=2), (2, 16, 9, 9))]:
         eight_bit = quantized(layer, storage)
         per_channel = eight_bit.weight_scale.view(-1, *[1] * (layer.weight.dim() - 1))
-        weight = decode(eight_bit.weight, torch.float32) * per_channel
+        weight = decode(eight_bit.weight, torch.float32, eight_bit.fp8) * per_channel
         x = torch.randn(shape, requires_grad=True)
         reference_x = x.detach().clone().requires_grad_(True)
         if isinstance(layer, nn.Conv2d):

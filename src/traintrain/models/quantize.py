@@ -7,7 +7,9 @@ would save about 16 % against fp16 where this saves about 50 %.
 
 A quantized layer stays an `nn.Linear` / `nn.Conv2d` (with the same shapes and `weight` attribute)
 so that adapter targeting and hooking see it unchanged. Its `weight` is a buffer of int8 values,
-or of fp8 values kept as uint8 bytes so that `module.to(dtype)` leaves them alone; `weight_scale`
+or of fp8 values kept as int8 bytes (`fp8` says which) so that `module.to(dtype)` leaves them alone
+and so that transformers' T5 (Flux's text encoder), which casts the input of its `wo` layer to that
+layer's weight dtype unless it is int8, does not cast it to bytes; `weight_scale`
 (one value per output channel) carries the compute dtype. The layer computes in that dtype with
 the integer weight and scales its output, which is exact per output channel; a custom autograd
 function keeps only the 8-bit weight for the backward pass (plain autograd would keep a decoded
@@ -44,13 +46,13 @@ def encode(weight: torch.Tensor, storage: WeightStorage) -> tuple[torch.Tensor, 
         stored = (flat / scale[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     else:
         scale = absmax / FP8_MAX
-        stored = (flat / scale[:, None]).to(FP8).view(torch.uint8)
+        stored = (flat / scale[:, None]).to(FP8).view(torch.int8)
     return stored.reshape(weight.shape), scale
 
 
-def decode(stored: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def decode(stored: torch.Tensor, dtype: torch.dtype, fp8: bool) -> torch.Tensor:
     """The stored values (not yet scaled) in the compute dtype; exact there for int8 and e4m3."""
-    values = stored.view(FP8) if stored.dtype == torch.uint8 else stored
+    values = stored.view(FP8) if fp8 else stored
     return values.to(dtype)
 
 
@@ -60,24 +62,25 @@ def _add_bias(out: torch.Tensor, bias: torch.Tensor | None, shape: tuple[int, ..
 
 class _WeightOnlyLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, stored, scale, bias):
+    def forward(ctx, x, stored, scale, bias, fp8):
         ctx.save_for_backward(stored, scale)
-        return _add_bias(F.linear(x, decode(stored, scale.dtype)).mul_(scale), bias, (-1,))
+        ctx.fp8 = fp8
+        return _add_bias(F.linear(x, decode(stored, scale.dtype, fp8)).mul_(scale), bias, (-1,))
 
     @staticmethod
     def backward(ctx, grad):
         stored, scale = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        return (grad * scale).matmul(decode(stored, grad.dtype)), None, None, None
+            return None, None, None, None, None
+        return (grad * scale).matmul(decode(stored, grad.dtype, ctx.fp8)), None, None, None, None
 
 
 class _WeightOnlyConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, stored, scale, bias, stride, padding, dilation, groups):
+    def forward(ctx, x, stored, scale, bias, fp8, stride, padding, dilation, groups):
         ctx.save_for_backward(stored, scale)
-        ctx.input_shape, ctx.layout = x.shape, (stride, padding, dilation, groups)
-        out = F.conv2d(x, decode(stored, scale.dtype), None, stride, padding, dilation, groups)
+        ctx.input_shape, ctx.layout, ctx.fp8 = x.shape, (stride, padding, dilation, groups), fp8
+        out = F.conv2d(x, decode(stored, scale.dtype, fp8), None, stride, padding, dilation, groups)
         return _add_bias(out.mul_(scale.view(-1, 1, 1)), bias, (-1, 1, 1))
 
     @staticmethod
@@ -86,9 +89,9 @@ class _WeightOnlyConv2d(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             stride, padding, dilation, groups = ctx.layout
-            grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, decode(stored, grad.dtype),
+            grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, decode(stored, grad.dtype, ctx.fp8),
                                                 grad * scale.view(-1, 1, 1), stride, padding, dilation, groups)
-        return grad_x, None, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None, None
 
 
 def _store(layer: nn.Linear | nn.Conv2d, original: nn.Linear | nn.Conv2d, storage: WeightStorage,
@@ -106,21 +109,24 @@ class QuantizedLinear(nn.Linear):
     """A frozen Linear with 8-bit weights; see the module docstring."""
 
     weight_scale: torch.Tensor
+    fp8: bool
 
     @classmethod
     def from_float(cls, layer: nn.Linear, storage: WeightStorage, device: torch.device) -> QuantizedLinear:
         quantized = cls(layer.in_features, layer.out_features, layer.bias is not None, device="meta")
         _store(quantized, layer, storage, device)
+        quantized.fp8 = storage is WeightStorage.FP8
         return quantized
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _WeightOnlyLinear.apply(x, self.weight, self.weight_scale, self.bias)
+        return _WeightOnlyLinear.apply(x, self.weight, self.weight_scale, self.bias, self.fp8)
 
 
 class QuantizedConv2d(nn.Conv2d):
     """A frozen Conv2d with 8-bit weights; see the module docstring."""
 
     weight_scale: torch.Tensor
+    fp8: bool
 
     @classmethod
     def from_float(cls, layer: nn.Conv2d, storage: WeightStorage, device: torch.device) -> QuantizedConv2d:
@@ -128,11 +134,12 @@ class QuantizedConv2d(nn.Conv2d):
                         layer.stride, layer.padding, layer.dilation, layer.groups,  # type: ignore[arg-type]
                         layer.bias is not None, device="meta")
         _store(quantized, layer, storage, device)
+        quantized.fp8 = storage is WeightStorage.FP8
         return quantized
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _WeightOnlyConv2d.apply(x, self.weight, self.weight_scale, self.bias, self.stride, self.padding,
-                                       self.dilation, self.groups)
+        return _WeightOnlyConv2d.apply(x, self.weight, self.weight_scale, self.bias, self.fp8, self.stride,
+                                       self.padding, self.dilation, self.groups)
 
 
 def _worth_quantizing(layer: nn.Module, convolutions: bool) -> bool:
