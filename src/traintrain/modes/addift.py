@@ -4,7 +4,8 @@ Both images of a pair get the same noise and timestep. The frozen model's predic
 noisy image is the target for the adapted model (at a fractional multiplier) on the other; every
 other step the roles swap with a negative multiplier, so the adapter learns the direction of the
 change and not the pictures. Timesteps sweep the tenths of [min, max] so every noise level is
-covered evenly.
+covered evenly. On a flow-matching family (Flux) the pair is noised along the flow at the timestep's
+sigma and the predictions are the transformer's flow (modes/objective.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from traintrain.modes.common import (
     stack_conditionings,
     train_result_network,
 )
-from traintrain.modes.denoising import fixed_noise_for, training_timesteps, unet_predict
+from traintrain.modes.denoising import fixed_noise_for, training_timesteps
 from traintrain.modes.inputs import (
     FRAME_FIELDS,
     IMAGE_FOLDER_FIELDS,
@@ -29,11 +30,10 @@ from traintrain.modes.inputs import (
     check_image_pair,
     check_image_pair_decodes,
 )
+from traintrain.modes.objective import add_noise, predict, prediction_loss
 from traintrain.modes.pairs import encode_pair, find_pairs, load_pair, pair_caption
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.training.events import Message
-from traintrain.training.loss import denoising_loss
-from traintrain.training.transfer import to_device
 
 FORWARD_MULTIPLIER = 0.25
 
@@ -72,28 +72,20 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
         adapted_cond = stack_conditionings([conds[index_of[id(s)]][1] for s in chosen]).map(shard)
         with torch.no_grad():
             network.set_enabled(False)
-            reference = unet_predict(
-                components, scheduler.add_noise(reference_latent, noise, timesteps), timesteps, reference_cond
+            reference = predict(
+                components, add_noise(components, scheduler, reference_latent, noise, timesteps), timesteps,
+                reference_cond,
             )
             network.set_enabled(True)
         network.set_multiplier(FORWARD_MULTIPLIER if forward else -FORWARD_MULTIPLIER * abs(config.diff_alt_ratio))
-        prediction = unet_predict(
-            components, scheduler.add_noise(adapted_latent, noise, timesteps), timesteps, adapted_cond
+        prediction = predict(
+            components, add_noise(components, scheduler, adapted_latent, noise, timesteps), timesteps, adapted_cond
         )
         network.set_multiplier(1.0)
         mask = None
         if config.diff_use_diff_mask and chosen[0].mask is not None:
-            mask = to_device(shard(torch.stack([s.mask for s in chosen])), prediction.device)
-        loss = denoising_loss(
-            prediction,
-            reference,
-            to_device(timesteps, prediction.device),
-            scheduler.alphas_cumprod,
-            snr_gamma=config.train_snr_gamma,
-            v_prediction=components.v_prediction,
-            mask=mask,
-            loss_function=config.train_loss_function,
-        )
+            mask = shard(torch.stack([s.mask for s in chosen]))
+        loss = prediction_loss(components, scheduler, prediction, reference, timesteps, config, mask)
         return run.processes.weigh(loss, len(chosen))
 
     return compute_loss

@@ -1,6 +1,7 @@
 """Difference (copy machine): a copier LoRA learns the Original image; frozen and still applied,
 it carries a second LoRA that learns the Target image. The second LoRA alone is the result: it
-holds only what differs between the two images.
+holds only what differs between the two images. Both passes train with LoRA mode's loss of the
+model's family (denoising, or flow matching on Flux: modes/objective.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from traintrain.modes.common import (
     repeat_conditioning,
     train_result_network,
 )
-from traintrain.modes.denoising import denoising_step_loss, fixed_noise_for
+from traintrain.modes.denoising import fixed_noise_for
 from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_PAIR_FIELDS, check_image_pair, check_image_pair_decodes
+from traintrain.modes.objective import image_step_loss
 from traintrain.modes.pairs import encode_pair, load_pair
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.networks.kohya_format import load_lora
@@ -30,7 +32,7 @@ from traintrain.training.loop import TrainingTask, run_loop
 
 
 def image_loss_fn(components, config, run, latents: list[torch.Tensor], cond):
-    """Denoising loss on one image (and its mirror): a batch of train_batch_size draws of it.
+    """LoRA mode's loss on one image (and its mirror): a batch of train_batch_size draws of it.
 
     Returns the loss and the picker of the draws (its position is kept in resumable states).
     """
@@ -41,7 +43,7 @@ def image_loss_fn(components, config, run, latents: list[torch.Tensor], cond):
     def compute_loss(step: int) -> torch.Tensor:
         batch = torch.stack([picker.choice(latents) for _ in range(config.train_batch_size)])
         noise = fixed_noise(batch.shape) if fixed_noise else None
-        return denoising_step_loss(
+        return image_step_loss(
             components, run.noise_scheduler, batch, batch_cond, config, run.generator, noise=noise,
             processes=run.processes,
         )

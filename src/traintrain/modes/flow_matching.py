@@ -47,6 +47,18 @@ def sigmas_for(timesteps: torch.Tensor, image_tokens: int) -> torch.Tensor:
     return (mu / (mu + (1 / fraction - 1))).float()
 
 
+def flow_x0(components, latents: torch.Tensor) -> torch.Tensor:
+    """The flow's clean end x0 from cached latents (`sample * scale`): Flux's VAE also shifts them."""
+    spec = components.spec
+    return latents - spec.latent_shift * spec.latent_scale
+
+
+def flow_noisy(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - sigma) * x0 + sigma * noise, one sigma per sample."""
+    expanded = sigmas.view(-1, 1, 1, 1)
+    return (1 - expanded) * x0 + expanded * noise
+
+
 def shifted_sigmas(timesteps: torch.Tensor, shift: float) -> torch.Tensor:
     """Noise level of integer timesteps in [0, 1000) under a fixed shift: t' = (t + 1) / 1000, then
     shift * t' / (1 + (shift - 1) * t') (FlowMatchEulerDiscreteScheduler's static shift)."""
@@ -127,18 +139,19 @@ def flux_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditio
 
 
 def flow_matching_step_loss(components, latents: torch.Tensor, conditioning: Conditioning, config, generator,
-                            mask: torch.Tensor | None = None, processes: Processes = SINGLE) -> torch.Tensor:
+                            mask: torch.Tensor | None = None, processes: Processes = SINGLE,
+                            noise: torch.Tensor | None = None) -> torch.Tensor:
     """LoRA loss on Flux / SD3. `latents` are the cache's `sample * scale`; their VAEs also shift them, so
-    x0 = latents - shift * scale. The whole batch's noise and timesteps are drawn in every process."""
-    spec = components.spec
-    batch, _, height, width = latents.shape
-    x0 = latents - spec.latent_shift * spec.latent_scale
-    noise = training_noise(x0.shape, generator, config.train_noise_offset)
+    x0 = latents - shift * scale. The whole batch's noise and timesteps are drawn in every process;
+    `noise` (diff_use_fixed_noise) replaces the drawn noise."""
+    batch = latents.shape[0]
+    x0 = flow_x0(components, latents)
+    if noise is None:
+        noise = training_noise(x0.shape, generator, config.train_noise_offset)
     timesteps = training_timesteps(batch, config.train_min_timesteps, config.train_max_timesteps, generator,
                                    config.train_fixed_timsteps_in_batch)
     sigmas = flow_sigmas(components, timesteps, x0)
-    expanded = sigmas.view(-1, 1, 1, 1)
-    noisy = (1 - expanded) * x0 + expanded * noise
+    noisy = flow_noisy(x0, noise, sigmas)
     target = noise - x0
     shard = processes.shard
     noisy, target, sigmas, mask = shard(noisy), shard(target), shard(sigmas), shard(mask)

@@ -2,7 +2,9 @@
 
 No images: latents z ~ N(0, I). Each step the frozen model's prediction for the Target prompt is
 the target for the adapted model's prediction for the Original prompt, at a random timestep. An
-empty Target prompt is the empty-prompt conditioning, which erases A.
+empty Target prompt is the empty-prompt conditioning, which erases A. On a flow-matching family
+(Flux) z is the noisy latent at the timestep's sigma and the predictions are the transformer's
+flow (modes/objective.py); the loss is then not SNR-weighted.
 
 The original draws one latent once and reuses it every step; `ileco_latent` also offers a fresh
 draw each step (the default: measured on the toy world, see README) and a small pool drawn once.
@@ -25,17 +27,17 @@ from traintrain.modes.common import (
     repeat_conditioning,
     train_result_network,
 )
-from traintrain.modes.denoising import training_timesteps, unet_predict
+from traintrain.modes.denoising import training_timesteps
+from traintrain.modes.objective import predict, prediction_loss
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.training.events import Message
-from traintrain.training.loss import denoising_loss
-from traintrain.training.transfer import to_device
 
 
 def ileco_latent(config, components, generator: torch.Generator) -> torch.Tensor:
-    height, width = config.image_size  # height,width order is kept
-    factor = components.latent_factor
-    return torch.randn(config.train_batch_size, components.unet.config.in_channels, height // factor, width // factor,
+    height, width = (side // components.latent_factor for side in config.image_size)  # height,width order is kept
+    if components.spec.flow_matching:  # the transformer packs 2x2 latent pixels into a token
+        height, width = max(2, height - height % 2), max(2, width - width % 2)
+    return torch.randn(config.train_batch_size, components.vae.config.latent_channels, height, width,
                        generator=generator)
 
 
@@ -70,6 +72,7 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
     encoder's LoRA on (`original` is then unused); the target stays the frozen model's.
     """
     scheduler = run.noise_scheduler
+    encode_each_step = config.network_train_text_encoder and len(network.text_encoder_modules) > 0
     batch = config.train_batch_size
     shard = run.processes.shard  # data-parallel: the UNet runs on this process's share of the batch
     original_b, target_b = (repeat_conditioning(c, batch).map(shard) for c in (original, target))
@@ -85,22 +88,14 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
         )
         latent, timesteps = shard(latent), shard(timesteps)
         adapted_b = original_b
-        if config.network_train_text_encoder:
+        if encode_each_step:
             adapted_b = repeat_conditioning(encode_prompts(components, [config.original_prompt]), len(timesteps))
         with torch.no_grad():
             network.set_enabled(False)
-            wanted = unet_predict(components, latent, timesteps, target_b)
+            wanted = predict(components, latent, timesteps, target_b)
             network.set_enabled(True)
-        prediction = unet_predict(components, latent, timesteps, adapted_b)
-        loss = denoising_loss(
-            prediction,
-            wanted,
-            to_device(timesteps, prediction.device),
-            scheduler.alphas_cumprod,
-            snr_gamma=config.train_snr_gamma,
-            v_prediction=components.v_prediction,
-            loss_function=config.train_loss_function,
-        )
+        prediction = predict(components, latent, timesteps, adapted_b)
+        loss = prediction_loss(components, scheduler, prediction, wanted, timesteps, config)
         return run.processes.weigh(loss, batch)
 
     return compute_loss
@@ -108,7 +103,10 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
 
 def train_ileco(config, components, run) -> ModeOutcome:
     network = build_network(components, ileco_spec(config), run, resume=config.network_resume)
-    if config.network_train_text_encoder and not len(network.text_encoder_modules):
+    if config.network_train_text_encoder and components.spec.flow_matching:
+        run.report(Message(f"network_train_text_encoder: text-encoder training is not supported on "
+                           f"{components.family.value} yet; training the transformer only", level="warning"))
+    elif config.network_train_text_encoder and not len(network.text_encoder_modules):
         run.report(Message(  # as in the original, nothing of the text encoder is trained then: say so
             f"network_train_text_encoder: the text encoder has no cross-attention, so with network_element="
             f"{config.network_element.value} nothing of it is trained; choose Full or SelfAttention to train it",

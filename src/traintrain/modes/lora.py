@@ -10,9 +10,8 @@ from traintrain.data.dataset import BucketBatches, build_training_data
 from traintrain.data.plan_report import plan_lines
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.modes.common import build_network, train_result_network
-from traintrain.modes.denoising import denoising_step_loss
-from traintrain.modes.flow_matching import flow_matching_step_loss
 from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_FOLDER_FIELDS, check_folder_images_decode, check_image_folder
+from traintrain.modes.objective import image_step_loss
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
 from traintrain.networks.network import NetworkSpec
 from traintrain.training.events import Message
@@ -73,10 +72,8 @@ def train_lora(config, components, run) -> ModeOutcome:
             if all(m is None for m in masks)
             else torch.stack([m if m is not None else torch.ones_like(latents[0, :1]) for m in masks])
         )
-        if components.spec.flow_matching:
-            return flow_matching_step_loss(components, latents, cond, config, run.generator, mask, run.processes)
-        return denoising_step_loss(components, scheduler, latents, cond, config, run.generator, mask,
-                                   processes=run.processes)
+        return image_step_loss(components, scheduler, latents, cond, config, run.generator, mask,
+                               processes=run.processes)
 
     outcome = train_result_network("LoRA", network, config, compute_loss, components, run, data_order=batches)
     outcome.extras["data"] = data
