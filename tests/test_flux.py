@@ -226,8 +226,9 @@ def test_lora_job_on_a_flux_single_file(written, tmp_path):
     assert metadata["modelspec.prediction_type"] == "flow"
     assert all(k.startswith("transformer.") for k in tensors) and len(result.losses) == 3
     warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
-    assert sum("preview" in w for w in warnings) == 1 and any("BASE" in w for w in warnings)
-    assert not list(result.path.parent.glob("*_preview.png"))
+    assert not any("preview" in w for w in warnings) and any("BASE" in w for w in warnings)
+    assert result.outcome.preview == result.path.parent / "flux_lora_preview.png"  # rendered by FluxPipeline
+    assert result.outcome.preview.is_file()
 
 
 @pytest.mark.parametrize("network_type", ["loha", "lokr"])

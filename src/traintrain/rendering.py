@@ -6,7 +6,13 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import is_scipy_available
 from PIL import Image, ImageDraw
 
@@ -66,7 +72,22 @@ def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
 
 
 def pipeline_from_components(components, sampler: NoiseScheduler = NoiseScheduler.DDIM):
-    """A diffusers pipeline sharing our loaded modules (adapters hooked into them stay active)."""
+    """A diffusers pipeline sharing our loaded modules (adapters hooked into them stay active).
+
+    Flux renders with FluxPipeline and its own flow-matching Euler sampler (the family's bundled
+    scheduler config, resolution-dependent shift); `sampler` chooses among the SD families' samplers."""
+    if components.family is Family.FLUX:
+        from traintrain.models.loading import config_template
+
+        return FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(config_template(Family.FLUX, "scheduler")),
+            vae=components.vae,
+            text_encoder=components.text_encoders[0],
+            tokenizer=components.tokenizers[0],
+            text_encoder_2=components.text_encoders[1],
+            tokenizer_2=components.tokenizers[1],
+            transformer=components.transformer,
+        )
     scheduler = preview_scheduler(sampler, components.v_prediction)
     if components.family == Family.SDXL:
         return StableDiffusionXLPipeline(
@@ -102,20 +123,27 @@ def generate(
 ) -> list[Image.Image]:
     """One image per prompt, each from the same seed, so pictures compare across LoRA settings.
 
-    `size` is one number (square) or (height, width).
+    `size` is one number (square) or (height, width). On Flux `guidance` is the distilled model's
+    guidance input and the negative prompt is not used (FluxPipeline only uses it for true CFG).
     """
     height, width = (size, size) if isinstance(size, int) else size
+    if isinstance(pipe, FluxPipeline):
+        from traintrain.models.flux_text import t5_length
+
+        options: dict = {"max_sequence_length": t5_length(pipe.tokenizer_2)}  # T5's length in training
+    else:
+        options = {"negative_prompt": negative_prompt or None}
     images = []
     for prompt in prompts:
         generator = torch.Generator().manual_seed(seed)
         result = pipe(
             prompt,
-            negative_prompt=negative_prompt or None,
             height=height,
             width=width,
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generator,
+            **options,
         )
         images.append(result.images[0])
     return images

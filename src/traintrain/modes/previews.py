@@ -1,8 +1,8 @@
 """Preview images after training: each prompt at LoRA multipliers -1, 0 and +1, one PNG grid.
 
-Rendered by a stock diffusers pipeline on the training model with the adapter hooked in, so the
-pictures show what users will see at those strengths. Difference's copier is switched off: the
-saved file is the difference LoRA alone.
+Rendered by a stock diffusers pipeline (StableDiffusion(XL)Pipeline, FluxPipeline) on the training
+model with the adapter hooked in, so the pictures show what users will see at those strengths.
+Difference's copier is switched off: the saved file is the difference LoRA alone.
 """
 
 from __future__ import annotations
@@ -24,16 +24,6 @@ def preview_prompts(config) -> list[str]:
     return get_mode(config.mode).preview_prompts(config)
 
 
-def previews_supported(components, run) -> bool:
-    """Previews render through SD pipelines; a Flux run says once that it trains without them."""
-    if not components.spec.flow_matching:
-        return True
-    if not getattr(run, "previews_skipped_said", False):
-        run.report(Message("Flux: preview images are not rendered yet; training without them", "warning"))
-        run.previews_skipped_said = True
-    return False
-
-
 @torch.no_grad()
 def render_previews(config, components, network, copier, run, suffix: str = "") -> Path:
     """`copier` (Difference's frozen pass-1 network, or None) is switched off while rendering."""
@@ -42,8 +32,9 @@ def render_previews(config, components, network, copier, run, suffix: str = "") 
     if not run.processes.main:  # data-parallel: the main process renders them
         return target
     run.report(Message(f"rendering previews for {len(prompts)} prompt(s) at multipliers -1, 0, +1"))
-    was_training = components.unet.training
-    components.unet.eval()
+    denoiser = components.denoiser
+    was_training = denoiser.training
+    denoiser.eval()
     if copier is not None:
         copier.set_enabled(False)
     try:
@@ -60,7 +51,7 @@ def render_previews(config, components, network, copier, run, suffix: str = "") 
         network.set_multiplier(1.0)
         if copier is not None:
             copier.set_enabled(True)
-        components.unet.train(was_training)
+        denoiser.train(was_training)
     grid = labelled_grid(columns, [f"LoRA x{m:+g}" for m in MULTIPLIERS])
     with atomic_path(target) as tmp:
         grid.save(tmp, format="PNG")
