@@ -28,7 +28,7 @@ def run_estimate(components, **values):
 
 def test_the_meta_trace_keeps_what_a_real_step_keeps(components):
     """Activations traced on the meta device equal those a real forward keeps for backward."""
-    meta_unet, _, _ = estimate._meta_unet(components, SPEC, torch.float32, checkpointing=False)
+    meta_unet, _, _ = estimate._meta_denoiser(components, SPEC, torch.float32, checkpointing=False)
     meta_bytes, meta_forward, meta_backward = estimate._trace_step(
         meta_unet, estimate._meta_inputs(components, meta_unet, 2, 32, 32, torch.float32))
     AdapterNetwork(components, SPEC).apply()

@@ -1,8 +1,9 @@
 """Pre-flight estimate of a run's peak memory and seconds per step, before the first step.
 
-Not a table of rules of thumb: the job's own UNet architecture is rebuilt on PyTorch's meta device
-(shapes without data, so it costs no memory and a few seconds even at SDXL size), the adapter is
-applied to it, and one training step at the run's batch, resolution and precision is traced:
+Not a table of rules of thumb: the job's own denoiser architecture (the UNet, or Flux's transformer) is
+rebuilt on PyTorch's meta device (shapes without data, so it costs no memory and a few seconds even at
+SDXL or Flux size), the adapter is applied to it, and one training step at the run's batch, resolution
+and precision is traced:
 the tensors autograd keeps for the backward pass are the activation memory, and
 `torch.utils.flop_counter` gives the step's floating-point operations. Attention is counted as the
 fused kernels (flash / memory-efficient SDPA) run it on a GPU and on a recent CPU: without the
@@ -23,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from traintrain.choices import Optimizer
-from traintrain.models.families import Family
+from traintrain.models.families import SD_FAMILIES, Family
 from traintrain.training.events import Message, Reporter
 
 GIB = 2**30
@@ -65,15 +66,16 @@ def estimate_run(components, spec, config, device: torch.device, model_dtype: to
                  lora_dtype: torch.dtype, frozen_passes: int = 0, processes: int = 1, seconds: bool = True) -> Estimate:
     """The estimate for `components` as loaded (already frozen and moved) and the run's settings.
 
-    `frozen_passes`: extra no-grad UNet passes a step makes (iLECO's and ADDifT's targets);
-    `processes`: data-parallel processes, each running the UNet on its share of the batch;
+    `frozen_passes`: extra no-grad denoiser passes a step makes (iLECO's and ADDifT's targets);
+    `processes`: data-parallel processes, each running the denoiser on its share of the batch;
     `seconds=False`: memory only (NaN seconds), without measuring the device (which may be absent)."""
     batch = max(1, config.train_batch_size // processes)
     height, width = (side // components.latent_factor for side in config.image_size[:2])
-    unet, network_values, layers = _meta_unet(components, spec, model_dtype, config.use_gradient_checkpointing)
-    inputs = _meta_inputs(components, unet, batch, height, width, model_dtype)
-    activations, forward_flops, backward_flops = _trace_step(unet, inputs)
-    weights = sum(_bytes(part) for part in (components.unet, components.vae, *components.text_encoders))
+    denoiser, network_values, layers = _meta_denoiser(components, spec, model_dtype,
+                                                      config.use_gradient_checkpointing)
+    inputs = _meta_inputs(components, denoiser, batch, height, width, model_dtype)
+    activations, forward_flops, backward_flops = _trace_step(denoiser, inputs)
+    weights = sum(_bytes(part) for part in (components.denoiser, components.vae, *components.text_encoders))
     state = STATE_BYTES.get(config.train_optimizer, DEFAULT_STATE_BYTES)
     network = network_values * (2 * torch.finfo(lora_dtype).bits // 8 + state)
     flops = (forward_flops * (1 + frozen_passes) + backward_flops) * config.gradient_accumulation_steps
@@ -137,44 +139,57 @@ def _bytes(module) -> int:
 
 
 class _MetaComponents:
-    """What AdapterNetwork reads of a model: its UNet (on the meta device), family and spec."""
+    """What AdapterNetwork reads of a model: its denoiser (on the meta device), family and spec."""
 
-    def __init__(self, unet, components):
-        self.unet, self.text_encoders, self.spec, self.family = unet, [], components.spec, components.family
+    def __init__(self, denoiser, components):
+        self.denoiser, self.text_encoders, self.spec, self.family = denoiser, [], components.spec, components.family
+        self.unet = self.transformer = denoiser  # the name AdapterNetwork uses for the family
 
 
-def _meta_unet(components, spec, dtype: torch.dtype, checkpointing: bool):
-    """The job's UNet architecture with the adapter applied, on the meta device; the adapter's trained
-    values (text-encoder modules counted from the real encoders) and its number of layers."""
-    from diffusers import UNet2DConditionModel
-
+def _meta_denoiser(components, spec, dtype: torch.dtype, checkpointing: bool):
+    """The job's denoiser architecture (UNet or transformer, its class and config) with the adapter
+    applied, on the meta device; the adapter's trained values (text-encoder modules counted from the real
+    encoders) and its number of layers."""
     from traintrain.networks.network import AdapterNetwork
     from traintrain.networks.targeting import text_encoder_targets
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(components.unet.config).to(dtype)
-        network = AdapterNetwork(_MetaComponents(unet, components), spec).apply()
-    unet.requires_grad_(False)
+        denoiser = type(components.denoiser).from_config(components.denoiser.config).to(dtype)
+        network = AdapterNetwork(_MetaComponents(denoiser, components), spec).apply()
+    denoiser.requires_grad_(False)
     values = sum(p.numel() for p in network.parameters())
-    layers = len(network.unet_modules) + sum(1 for module in unet.modules() if not list(module.children()))
-    if spec.trains_text_encoder:
+    layers = len(network.unet_modules) + sum(1 for module in denoiser.modules() if not list(module.children()))
+    if spec.trains_text_encoder and components.family in SD_FAMILIES:  # AdapterNetwork trains no Flux encoder
         for prefix, encoder in zip(components.spec.text_encoder_prefixes, components.text_encoders, strict=False):
             for target in text_encoder_targets(encoder, prefix):
                 weight: torch.Tensor = target.module.weight  # type: ignore[assignment]  # a Linear's (out, in)
                 values += spec.rank * sum(weight.shape)
                 layers += 1
     if checkpointing:
-        unet.enable_gradient_checkpointing()
-        unet.train()
-    return unet, values, layers
+        denoiser.enable_gradient_checkpointing()
+        denoiser.train()
+    return denoiser, values, layers
 
 
-def _meta_inputs(components, unet, batch: int, height: int, width: int, dtype: torch.dtype) -> dict:
-    config = unet.config
+def _meta_inputs(components, denoiser, batch: int, height: int, width: int, dtype: torch.dtype) -> dict:
+    """The denoiser's keyword inputs for one training step (modes/denoising.py's unet_predict, or
+    modes/flow_matching.py's transformer_predict) on the meta device."""
+    config = denoiser.config
 
     def empty(*shape: int, kind: torch.dtype = dtype) -> torch.Tensor:
         return torch.empty(*shape, device="meta", dtype=kind)
 
+    if components.family is Family.FLUX:
+        from traintrain.models.flux_text import t5_length
+
+        tokens, text = (height // 2) * (width // 2), t5_length(components.tokenizers[1])
+        return {
+            "hidden_states": empty(batch, tokens, config.in_channels), "timestep": empty(batch),
+            "guidance": empty(batch, kind=torch.float32) if config.guidance_embeds else None,
+            "pooled_projections": empty(batch, config.pooled_projection_dim),
+            "encoder_hidden_states": empty(batch, text, config.joint_attention_dim),
+            "txt_ids": empty(text, 3), "img_ids": empty(tokens, 3),
+        }
     inputs: dict = {
         "sample": empty(batch, config.in_channels, height, width),
         "timestep": empty(batch, kind=torch.long),
@@ -185,13 +200,13 @@ def _meta_inputs(components, unet, batch: int, height: int, width: int, dtype: t
     return inputs
 
 
-def _trace_step(unet, inputs: dict) -> tuple[int, float, float]:
+def _trace_step(denoiser, inputs: dict) -> tuple[int, float, float]:
     """Bytes kept for backward (each storage once; weights, which backward keeps too, are counted as
     weights), forward FLOPs and backward FLOPs of one step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     kept: dict[int, int] = {}
-    weights = {t.untyped_storage()._cdata for module in _hooked_modules(unet)
+    weights = {t.untyped_storage()._cdata for module in _hooked_modules(denoiser)
                for t in (*module.parameters(), *module.buffers())}
 
     def pack(tensor):
@@ -202,17 +217,17 @@ def _trace_step(unet, inputs: dict) -> tuple[int, float, float]:
 
     with _fused_attention(), FlopCounterMode(display=False) as counter:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            output = unet(**inputs).sample
+            output = denoiser(**inputs).sample
         forward = counter.get_total_flops()
         output.float().square().mean().backward()
         total = counter.get_total_flops()
     return sum(kept.values()), float(forward), float(total - forward)
 
 
-def _hooked_modules(unet) -> list:
-    """The UNet and the adapter modules hooked into its layers (kept outside its module tree)."""
-    adapters = [getattr(layer.forward, "__self__", None) for layer in unet.modules()]
-    return [unet, *(a for a in adapters if isinstance(a, torch.nn.Module) and a is not None)]
+def _hooked_modules(denoiser) -> list:
+    """The denoiser and the adapter modules hooked into its layers (kept outside its module tree)."""
+    adapters = [getattr(layer.forward, "__self__", None) for layer in denoiser.modules()]
+    return [denoiser, *(a for a in adapters if isinstance(a, torch.nn.Module) and a is not None)]
 
 
 class _FusedAttention(torch.autograd.Function):
