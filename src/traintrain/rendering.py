@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from traintrain.choices import NoiseScheduler
 from traintrain.errors import UserError
-from traintrain.models.families import NOISE_SCHEDULE, Family
+from traintrain.models.families import NOISE_SCHEDULE, SD_FAMILIES, Family
 
 # gen_noise_scheduler -> the diffusers scheduler class and its options (the original's names).
 SAMPLERS: dict[NoiseScheduler, tuple[str, dict]] = {
@@ -69,6 +69,10 @@ def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
     check_sampler(sampler)
     name, options = SAMPLERS[sampler]
     return getattr(diffusers, name).from_config(base.config, **options)
+
+
+# The families a stock pipeline renders here (pipeline_from_components).
+PIPELINE_FAMILIES = (*SD_FAMILIES, Family.FLUX)
 
 
 def pipeline_from_components(components, sampler: NoiseScheduler = NoiseScheduler.DDIM):
