@@ -56,7 +56,7 @@ def train_lora(config, components, run) -> ModeOutcome:
     spec = NetworkSpec.from_config(config)
     network = build_network(components, spec, run, resume=config.network_resume)
     if components.spec.flow_matching:
-        _report_flux_limits(spec, config, run)
+        _report_transformer_limits(spec, config, components, run)
     text_cache = None if network.trains_text_encoder else TextCache(components, [s.caption for s in data.samples])
     batches = BucketBatches(data.samples, config.train_batch_size, run.seed)
     scheduler = run.noise_scheduler
@@ -80,13 +80,15 @@ def train_lora(config, components, run) -> ModeOutcome:
     return outcome
 
 
-def _report_flux_limits(spec: NetworkSpec, config, run) -> None:
-    """Settings that do not apply to Flux yet, said once at the start instead of silently ignored."""
+def _report_transformer_limits(spec: NetworkSpec, config, components, run) -> None:
+    """Settings that do not apply to the transformer families (Flux, SD3) yet, said once at the start
+    instead of silently ignored."""
+    family = components.family.value
     if spec.trains_text_encoder:
-        run.report(Message("Flux: text-encoder training (block BASE) is not supported yet; training the "
+        run.report(Message(f"{family}: text-encoder training (block BASE) is not supported yet; training the "
                            "transformer only", "warning"))
     if config.train_snr_gamma > 0:
-        run.report(Message("Flux: train_snr_gamma does not apply to the flow-matching objective; ignored",
+        run.report(Message(f"{family}: train_snr_gamma does not apply to the flow-matching objective; ignored",
                            "warning"))
 
 
