@@ -152,3 +152,5 @@ FLUX_BLOCK_IDS = tuple([f"D{i:02d}" for i in range(19)] + [f"S{i:02d}" for i in 
 # SD3 / SD3.5's MMDiT: joint blocks J00-J37 (24 in SD3 Medium and SD3.5 Medium, 38 in SD3.5 Large), as its
 # reference code numbers joint_blocks.N.
 SD3_BLOCK_IDS = tuple(f"J{i:02d}" for i in range(38))
+# Z-Image's S3-DiT: main layers L00-L29 (layers.N), noise refiner N00-N01 and context refiner C00-C01.
+ZIMAGE_BLOCK_IDS = tuple([f"L{i:02d}" for i in range(30)] + [f"{letter}{i:02d}" for letter in "NC" for i in range(2)])

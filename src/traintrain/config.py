@@ -21,6 +21,7 @@ from traintrain.choices import (  # noqa: F401 (the choices are part of the conf
     FLUX_BLOCK_IDS,
     SD3_BLOCK_IDS,
     UNET_BLOCK_IDS,
+    ZIMAGE_BLOCK_IDS,
     Choice,
     ILECOLatent,
     LossFunction,
@@ -98,7 +99,8 @@ class TrainConfig:
     lora_trigger_word: str = _param("", "LoRA: word put before every caption")
     network_blocks: list[str] = _param(
         None, "blocks to train: BASE (text encoder), IN00-IN11, M00, OUT00-OUT11; Flux: D00-D18, S00-S37; "
-        "SD3: J00-J37", choices=ALL_BLOCK_IDS + FLUX_BLOCK_IDS + SD3_BLOCK_IDS, factory=lambda: list(ALL_BLOCK_IDS),
+        "SD3: J00-J37; Z-Image: L00-L29, N00-N01, C00-C01",
+        choices=ALL_BLOCK_IDS + FLUX_BLOCK_IDS + SD3_BLOCK_IDS + ZIMAGE_BLOCK_IDS, factory=lambda: list(ALL_BLOCK_IDS),
     )
     train_iterations: int = _param(1000, "number of optimizer steps", minimum=1)
     image_size: list[int] = _param(

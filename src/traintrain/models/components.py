@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 from traintrain.models.families import SD_FAMILIES, SPECS, Family, FamilySpec
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        UNet2DConditionModel,
+        ZImageTransformer2DModel,
+    )
 
     from traintrain.models.prediction import PredictionChoice
 
@@ -22,11 +28,11 @@ class ModelComponents:
     `transformer` in the transformer families'.
     SD1/SD2 have one text encoder and tokenizer; SDXL has two (CLIP-L first, OpenCLIP-bigG second);
     Flux has CLIP-L (pooled) first and T5 second; SD3 has CLIP-L, CLIP-G (both with projection) and T5,
-    which may be absent.
+    which may be absent; Z-Image has one Qwen3 model and its Qwen2 tokenizer.
     """
 
     family: Family
-    denoiser: UNet2DConditionModel | FluxTransformer2DModel | SD3Transformer2DModel
+    denoiser: UNet2DConditionModel | FluxTransformer2DModel | SD3Transformer2DModel | ZImageTransformer2DModel
     vae: AutoencoderKL
     text_encoders: list = field(default_factory=list)  # transformers CLIPTextModel(WithProjection), T5EncoderModel
     tokenizers: list = field(default_factory=list)  # transformers CLIPTokenizer, T5TokenizerFast
@@ -47,8 +53,8 @@ class ModelComponents:
         self.denoiser = value
 
     @property
-    def transformer(self) -> FluxTransformer2DModel | SD3Transformer2DModel:
-        """The transformer of a Flux or SD3 model."""
+    def transformer(self) -> FluxTransformer2DModel | SD3Transformer2DModel | ZImageTransformer2DModel:
+        """The transformer of a Flux, SD3 or Z-Image model."""
         if self.family in SD_FAMILIES:
             raise AttributeError(f"a {self.family.value} model has a UNet, not a transformer: use components.unet")
         return self.denoiser  # Flux / SD3 hold their transformer

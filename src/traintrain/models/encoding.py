@@ -19,10 +19,12 @@ CHUNK = 75
 class Conditioning:
     hidden: torch.Tensor  # [B, 77 * chunks, D]
     pooled: torch.Tensor | None = None  # SDXL: pooled OpenCLIP-bigG embedding [B, 1280]
+    mask: torch.Tensor | None = None  # Z-Image: [B, tokens] bool, the prompt's own tokens (padding is dropped)
 
     def map(self, function) -> Conditioning:
         """The same function applied to each tensor (a batch shard, a device move)."""
-        return Conditioning(function(self.hidden), None if self.pooled is None else function(self.pooled))
+        return Conditioning(function(self.hidden), None if self.pooled is None else function(self.pooled),
+                            None if self.mask is None else function(self.mask))
 
 
 def chunk_token_ids(tokenizer, text: str) -> list[list[int]]:
@@ -56,6 +58,10 @@ def encode_prompts(components, texts: list[str]) -> Conditioning:
         from traintrain.models.flux_text import encode_flux_prompts
 
         return encode_flux_prompts(components, texts)
+    if components.family is Family.ZIMAGE:  # Qwen3's penultimate states of the chat-templated prompt
+        from traintrain.models.zimage_text import encode_zimage_prompts
+
+        return encode_zimage_prompts(components, texts)
     if components.family is Family.SD3:  # CLIP-L/G states padded and T5's appended, as StableDiffusion3Pipeline
         from traintrain.models.sd3_text import encode_sd3_prompts
 

@@ -1,4 +1,5 @@
-"""What distinguishes SD1.x, SD2.x, SDXL, SD3/SD3.5 and Flux.1, and how to tell them apart from checkpoint keys."""
+"""What distinguishes SD1.x, SD2.x, SDXL, SD3/SD3.5, Flux.1 and Z-Image, and how to tell them apart from
+checkpoint keys."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ class Family(str, enum.Enum):
     SDXL = "sdxl"
     FLUX = "flux"
     SD3 = "sd3"
+    ZIMAGE = "zimage"
 
 
-# The UNet families (DDPM noise schedule, LDM single files); Flux and SD3 have their own paths.
+# The UNet families (DDPM noise schedule, LDM single files); Flux, SD3 and Z-Image have their own paths.
 SD_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)
 # The transformer families: a diffusers transformer as denoiser, trained on the flow-matching objective.
-TRANSFORMER_FAMILIES = (Family.FLUX, Family.SD3)
+TRANSFORMER_FAMILIES = (Family.FLUX, Family.SD3, Family.ZIMAGE)
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class FamilySpec:
 
     @property
     def flow_matching(self) -> bool:
-        """Trained on the rectified-flow objective (Flux, SD3) instead of DDPM's noise schedule."""
+        """Trained on the rectified-flow objective (Flux, SD3, Z-Image) instead of DDPM's noise schedule."""
         return self.family in TRANSFORMER_FAMILIES
 
     def architecture(self, v_prediction: bool) -> str:
@@ -63,6 +65,13 @@ SPECS: dict[Family, FamilySpec] = {
     Family.SD3: FamilySpec(
         Family.SD3, 1.5305, "sd3", "stable-diffusion-3-medium/lora", ("lora_te1", "lora_te2"), latent_shift=0.0609,
         latent_channels=16, modelspec_implementation="diffusers",
+    ),
+    # Z-Image (Tongyi-MAI): Flux's 16-channel VAE, its scale and shift; one Qwen3 text encoder (not trained here).
+    # musubi-tuner writes modelspec.architecture "Z-Image/lora" and no ss_base_model_version; we write "zimage"
+    # (the family's name) there and read musubi-tuner's architecture too.
+    Family.ZIMAGE: FamilySpec(
+        Family.ZIMAGE, 0.3611, "zimage", "Z-Image/lora", ("lora_te1",), latent_shift=0.1159, latent_channels=16,
+        modelspec_implementation="https://github.com/Tongyi-MAI/Z-Image",
     ),
 }
 # ss_base_model_version values kohya's sd-scripts writes for SD3 / SD3.5 LoRAs (the MMDiT variant).
@@ -116,3 +125,14 @@ def sd3_variant(config) -> str:
     if not config.get("qk_norm"):
         return "medium"
     return "5-medium" if config.get("dual_attention_layers") else "5-large"
+
+
+# The reference single-file Z-Image transformer (z_image_turbo_bf16.safetensors): fused attention qkv, bare or
+# under the prefix; diffusers' convert_z_image_transformer_checkpoint_to_diffusers reads it.
+ZIMAGE_MARKERS = ("layers.0.attention.qkv.weight", "cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight")
+
+
+def is_zimage_checkpoint(keys) -> bool:
+    """The file holds a Z-Image transformer in the reference layout."""
+    keys = set(keys)
+    return any(all(prefix + marker in keys for marker in ZIMAGE_MARKERS) for prefix in FLUX_PREFIXES)

@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from traintrain.errors import UserError
 from traintrain.models.checkpoint_kinds import checkpoint_family, choose_unet_weights, no_ema_weights, tensor_shapes
 from traintrain.models.components import ModelComponents
-from traintrain.models.families import Family, is_flux_checkpoint, is_sd3_checkpoint
+from traintrain.models.families import TRANSFORMER_FAMILIES, Family, is_flux_checkpoint, is_sd3_checkpoint
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.models.prediction import PredictionChoice, choose_prediction, declared_prediction
 from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
@@ -76,11 +76,15 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
 
 
 def _transformer_family(path: Path) -> Family | None:
-    """Flux or SD3, from the pipeline a folder names or the keys of a single file; None for the UNet families."""
+    """Flux, SD3 or Z-Image, from the pipeline a folder names or the keys of a single file; None for the UNet
+    families."""
     from traintrain.models.flux_loading import is_flux_folder
     from traintrain.models.sd3_loading import is_sd3_folder
+    from traintrain.models.zimage_loading import is_zimage_folder
 
     if path.is_dir():
+        if is_zimage_folder(path):
+            return Family.ZIMAGE
         return Family.FLUX if is_flux_folder(path) else Family.SD3 if is_sd3_folder(path) else None
     shapes = _safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else {}
     return Family.FLUX if is_flux_checkpoint(shapes) else Family.SD3 if is_sd3_checkpoint(shapes) else None
@@ -91,8 +95,12 @@ def _load_transformer_family(family: Family, path: Path, tokenizer_dir, report: 
     from traintrain.models.flux_loading import load_flux_folder, load_flux_single_file
     from traintrain.models.sd3_loading import load_sd3_folder, load_sd3_single_file
 
-    if use_ema:  # Flux and SD3 files hold one set of transformer weights
+    if use_ema:  # Flux, SD3 and Z-Image files hold one set of transformer weights
         raise no_ema_weights(path)
+    if family is Family.ZIMAGE:
+        from traintrain.models.zimage_loading import load_zimage_folder
+
+        return load_zimage_folder(path, tokenizer_dir, report)
     if family is Family.SD3:
         return (load_sd3_folder if path.is_dir() else load_sd3_single_file)(path, tokenizer_dir, report)
     return (load_flux_folder if path.is_dir() else load_flux_single_file)(path, tokenizer_dir, report)
@@ -155,7 +163,7 @@ def read_weight_shapes(path) -> WeightShapes:
         check_diffusers_folder(path)
         family = _family_from_folder(path)
         folders = [path / name for name in TEXT_ENCODER_FOLDERS if (path / name).is_dir()]
-        denoiser = path / ("transformer" if family in (Family.FLUX, Family.SD3) else "unet")
+        denoiser = path / ("transformer" if family in TRANSFORMER_FAMILIES else "unet")
         return WeightShapes(family, _folder_shapes(denoiser), [s for f in folders for s in _folder_shapes(f)])
     if path.suffix.lower() == ".safetensors":
         shapes = _safetensors_shapes(path)
@@ -464,11 +472,14 @@ def _family_from_folder(path: Path) -> Family:
     CLIP-L uses quick_gelu."""
     from traintrain.models.flux_loading import is_flux_folder
     from traintrain.models.sd3_loading import is_sd3_folder
+    from traintrain.models.zimage_loading import is_zimage_folder
 
     if is_flux_folder(path):
         return Family.FLUX
     if is_sd3_folder(path):
         return Family.SD3
+    if is_zimage_folder(path):
+        return Family.ZIMAGE
     if (path / "text_encoder_2").is_dir():
         return Family.SDXL
     encoder_config = path / "text_encoder" / "config.json"

@@ -49,6 +49,10 @@ def build_tiny_components(family: Family, seed: int = 0) -> ModelComponents:
         from traintrain.models.sd3_tiny import build_tiny_sd3
 
         return build_tiny_sd3(seed)
+    if family is Family.ZIMAGE:
+        from traintrain.models.zimage_tiny import build_tiny_zimage
+
+        return build_tiny_zimage(seed)
     tokenizers = [build_tiny_tokenizer() for _ in TINY_TEXT_WIDTHS[family]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -146,6 +150,12 @@ def write_tiny_model(
             write_sd3_diffusers(components, out)
         else:  # all-in-one, as sd3_medium_incl_clips_t5xxlfp16.safetensors
             write_sd3_single_file(components, out)
+    elif family is Family.ZIMAGE:
+        from traintrain.models.zimage_tiny import write_zimage_diffusers
+
+        if fmt != "diffusers":
+            raise UserError("a tiny Z-Image model is written as a diffusers folder only; use the diffusers format")
+        write_zimage_diffusers(components, out)
     elif fmt == "single-file":
         with atomic_folder(tokenizer_folder) as tmp:  # first: the model's name appears only when it is usable
             _write_tokenizers(components, tmp)

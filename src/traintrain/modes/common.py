@@ -44,25 +44,19 @@ def parameter_groups(network: AdapterNetwork, config) -> list[dict]:
 def fixed_conditionings(components, prompts: list[str]) -> list[Conditioning]:
     """Encode prompts once, padded to a common length so they can be batched together."""
     joint = encode_prompts(components, prompts)
-    return [
-        Conditioning(
-            joint.hidden[i : i + 1].float().cpu(),
-            None if joint.pooled is None else joint.pooled[i : i + 1].float().cpu(),
-        )
-        for i in range(len(prompts))
-    ]
+    joint = joint.map(lambda tensor: tensor if tensor.dtype is torch.bool else tensor.float())
+    return [joint.map(lambda tensor, i=i: tensor[i : i + 1].cpu()) for i in range(len(prompts))]
 
 
 def repeat_conditioning(cond: Conditioning, batch: int) -> Conditioning:
-    return Conditioning(
-        cond.hidden.expand(batch, -1, -1), None if cond.pooled is None else cond.pooled.expand(batch, -1)
-    )
+    return cond.map(lambda tensor: tensor.expand(batch, *tensor.shape[1:]))
 
 
 def stack_conditionings(conds: list[Conditioning]) -> Conditioning:
-    # The conditionings come from one model: all have a pooled embedding (SDXL) or none has.
+    # The conditionings come from one model: all have a pooled embedding (SDXL) or none has, a mask (Z-Image) or none.
     pooled = None if conds[0].pooled is None else torch.cat(cast(list[torch.Tensor], [c.pooled for c in conds]))
-    return Conditioning(torch.cat([c.hidden for c in conds]), pooled)
+    mask = None if conds[0].mask is None else torch.cat(cast(list[torch.Tensor], [c.mask for c in conds]))
+    return Conditioning(torch.cat([c.hidden for c in conds]), pooled, mask)
 
 
 def train_result_network(

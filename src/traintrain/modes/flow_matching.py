@@ -11,6 +11,10 @@ SD3 shifts every resolution alike, sigma = s * t' / (1 + (s - 1) * t') with its 
 and its transformer takes the [B, 16, H, W] latents as they are (it patches them itself), the timestep
 as sigma * 1000, the CLIP/T5 token states and the two CLIPs' pooled vectors. Each family's predict and
 noise levels are chosen here (`transformer_predict`, `flow_sigmas`), so the modes stay family-blind.
+
+Z-Image shifts as SD3 does (its scheduler's static shift 3.0) and runs as ZImagePipeline runs it: one
+[16, 1, H, W] latent per sample, its timestep input 1 - sigma (the model's t is the clean fraction), one
+variable-length tensor of Qwen3 states per prompt, and an output that is the negated flow, x0 - noise.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from diffusers import FluxPipeline
 
 from traintrain.models.encoding import Conditioning
 from traintrain.models.families import Family
+from traintrain.models.zimage_text import prompt_states
 from traintrain.modes.denoising import training_noise, training_timesteps
 from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.loss import ELEMENTWISE
@@ -32,6 +37,7 @@ BASE_SEQUENCE, MAX_SEQUENCE = 256, 4096  # FluxPipeline's (base_image_seq_len, m
 BASE_SHIFT, MAX_SHIFT = 0.5, 1.15  # ... and the shifts mu takes there
 TIMESTEPS = 1000
 SD3_SHIFT = 3.0  # StableDiffusion3Pipeline's scheduler (models/configs/sd3/scheduler), SD3 and SD3.5 alike
+ZIMAGE_SHIFT = 3.0  # ZImagePipeline's scheduler (models/configs/zimage/scheduler): static, no dynamic shifting
 
 
 def shift_mu(image_tokens: int) -> float:
@@ -70,6 +76,8 @@ def flow_sigmas(components, timesteps: torch.Tensor, latents: torch.Tensor) -> t
     """The family's noise levels for integer timesteps on latents of this size."""
     if components.family is Family.SD3:
         return shifted_sigmas(timesteps, SD3_SHIFT)
+    if components.family is Family.ZIMAGE:
+        return shifted_sigmas(timesteps, ZIMAGE_SHIFT)
     height, width = latents.shape[-2:]
     return sigmas_for(timesteps, (height // 2) * (width // 2))
 
@@ -93,6 +101,8 @@ def transformer_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, c
     shape, as the family's pipeline runs it (`guidance`: Flux's guidance input)."""
     if components.family is Family.SD3:
         return sd3_predict(components, noisy, sigmas, conditioning)
+    if components.family is Family.ZIMAGE:
+        return zimage_predict(components, noisy, sigmas, conditioning)
     return flux_predict(components, noisy, sigmas, conditioning, guidance)
 
 
@@ -107,6 +117,18 @@ def sd3_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, condition
         encoder_hidden_states=to_device(conditioning.hidden, device, dtype),
         pooled_projections=to_device(conditioning.pooled, device, dtype), return_dict=False,
     )[0]
+
+
+def zimage_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    """Z-Image's transformer on per-sample [16, 1, H, W] latents at t = 1 - sigma with each prompt's own
+    tokens; its output is x0 - noise, negated here into the flow the objective compares."""
+    transformer = components.transformer
+    device, dtype = _place(transformer)
+    latents = to_device(noisy, device, dtype).unsqueeze(2)
+    prompts = [to_device(states, device, dtype) for states in prompt_states(conditioning)]
+    output = transformer(list(latents.unbind(0)), to_device(1 - sigmas, device, dtype), prompts,
+                         return_dict=False)[0]
+    return -torch.stack(output).squeeze(2)
 
 
 def _place(model) -> tuple[torch.device, torch.dtype]:

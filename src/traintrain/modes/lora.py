@@ -29,11 +29,14 @@ class TextCache:
                 self.by_caption[caption] = (
                     cond.hidden[0].float().cpu(),
                     None if cond.pooled is None else cond.pooled[0].float().cpu(),
+                    None if cond.mask is None else cond.mask[0].cpu(),
                 )
             empty = encode_prompts(components, [""])
         self.empty_chunk = empty.hidden[0].float().cpu()
 
     def batch(self, captions: list[str]) -> Conditioning:
+        """Cached embeddings of a batch; SD's chunked ones padded with empty chunks to the longest (Z-Image's
+        have one fixed length and a mask)."""
         hiddens = [self.by_caption[c][0] for c in captions]
         longest = max(h.shape[0] for h in hiddens)
         padded = []
@@ -41,7 +44,9 @@ class TextCache:
             repeats = (longest - hidden.shape[0]) // self.empty_chunk.shape[0]
             padded.append(torch.cat([hidden] + [self.empty_chunk] * repeats) if repeats else hidden)
         pooled = [self.by_caption[c][1] for c in captions]
-        return Conditioning(torch.stack(padded), None if pooled[0] is None else torch.stack(pooled))
+        masks = [self.by_caption[c][2] for c in captions]
+        return Conditioning(torch.stack(padded), None if pooled[0] is None else torch.stack(pooled),
+                            None if masks[0] is None else torch.stack(masks))
 
 
 def train_lora(config, components, run) -> ModeOutcome:

@@ -20,6 +20,7 @@ from traintrain.errors import UserError
 from traintrain.networks.targeting import Target
 
 KEY_PREFIX = "transformer."
+ATTENTION_PREFIXES = ("attn.", "attn2.", "attention.")  # Flux / SD3, SD3.5's second attention, Z-Image
 BLOCK_CONTAINERS = {"FluxTransformerBlock": "D", "FluxSingleTransformerBlock": "S"}
 # kohya's LoRA suffixes -> diffusers/PEFT's, for the modules whose file names differ (LoRA's two factors).
 SAVED_SUFFIXES = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
@@ -52,16 +53,17 @@ def flux_targets(transformer, *, blocks: list[str], element: NetworkElement) -> 
 
 
 def linear_targets(transformer, containers: dict[str, str], *, blocks: list[str], element: NetworkElement,
-                   model: str) -> list[Target]:
-    """Linear layers of the selected blocks (`containers`: block class name -> id letter), in module order;
-    `element` SelfAttention keeps the attention layers (the attention is joint over text and image: `attn.`,
-    and SD3.5's second image attention `attn2.`); CrossAttention has nothing to select."""
+                   model: str, by_list: bool = False) -> list[Target]:
+    """Linear layers of the selected blocks (`containers`: block class name -> id letter, or with `by_list` the
+    name of the ModuleList holding the blocks -> id letter), in module order; `element` SelfAttention keeps the
+    attention layers (the attention is joint over text and image: `attn.`, SD3.5's second image attention
+    `attn2.`, Z-Image's `attention.`); CrossAttention has nothing to select."""
     if element is NetworkElement.CROSS_ATTENTION:
         raise UserError(f"network_element CrossAttention: {model} has no cross-attention (text and image attend "
                         "jointly)", "use Full, or SelfAttention for the attention layers", field="network_element")
     targets = []
     for path, container in transformer.named_modules():
-        kind = containers.get(type(container).__name__)
+        kind = containers.get(path.rpartition(".")[0] if by_list else type(container).__name__)
         if kind is None:
             continue
         block = f"{kind}{int(path.rsplit('.', 1)[-1]):02d}"  # transformer_blocks.N / single_transformer_blocks.N
@@ -70,7 +72,7 @@ def linear_targets(transformer, containers: dict[str, str], *, blocks: list[str]
         for child_name, child in container.named_modules():
             if not isinstance(child, nn.Linear):
                 continue
-            if element is NetworkElement.SELF_ATTENTION and not child_name.startswith(("attn.", "attn2.")):
+            if element is NetworkElement.SELF_ATTENTION and not child_name.startswith(ATTENTION_PREFIXES):
                 continue
             targets.append(Target(f"{KEY_PREFIX}{path}.{child_name}", child, block, False))
     return targets

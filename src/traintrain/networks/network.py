@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -21,6 +22,7 @@ from traintrain.networks.loha import LoHaModule
 from traintrain.networks.lokr import LoKrModule
 from traintrain.networks.sd3_targeting import resolve_sd3_blocks, sd3_targets
 from traintrain.networks.targeting import resolve_blocks, text_encoder_targets, unet_targets
+from traintrain.networks.zimage_targeting import resolve_zimage_blocks, zimage_targets
 
 # network_type -> module class; every type but lierla also adapts the ResNet and sampler convs.
 MODULE_CLASSES: dict[NetworkType, type[LoRAModule] | type[LoHaModule] | type[LoKrModule]] = {
@@ -101,6 +103,11 @@ class AdapterNetwork(nn.Module):
         elif components.family is Family.SD3:
             unet = sd3_targets(components.transformer, blocks=resolve_sd3_blocks(spec.blocks, components.transformer),
                                element=spec.element)
+            self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
+            self.alpha_in_factors = True
+        elif components.family is Family.ZIMAGE:  # no .alpha keys either (networks/zimage_targeting.py)
+            unet = zimage_targets(components.transformer, element=spec.element,
+                                  blocks=resolve_zimage_blocks(spec.blocks, components.transformer))
             self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
             self.alpha_in_factors = True
         else:
@@ -225,15 +232,24 @@ def lora_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> F
     """The family a LoRA file was trained for: kohya's ss_base_model_version (sd-scripts writes SD3's variant,
     "medium" / "5-large" ...), else the key names: SD3's `joint_blocks` (kohya's `lora_unet_joint_blocks_`),
     Flux's single blocks (diffusers' `transformer.single_transformer_blocks.`, kohya's `lora_unet_double_blocks_`
-    / `_single_blocks_`); None if unknown (diffusers' `transformer.transformer_blocks.` alone are either)."""
+    / `_single_blocks_`), Z-Image's refiners and layers (`transformer.noise_refiner.`, `.layers.N.attention.`,
+    kohya's `lora_unet_layers_`); None if unknown (diffusers' `transformer.transformer_blocks.` alone are either).
+    musubi-tuner's Z-Image files name it in modelspec.architecture ("Z-Image/lora")."""
     version = metadata.get("ss_base_model_version", "")
     if version in SD3_KOHYA_VERSIONS or version.startswith("sd3"):
         return Family.SD3
+    if version == SPECS[Family.ZIMAGE].base_model_version or metadata.get("modelspec.architecture", "").startswith(
+            "Z-Image"):
+        return Family.ZIMAGE
     for spec in SPECS.values():
         if version == spec.base_model_version or (version.startswith("flux") and spec.family is Family.FLUX):
             return spec.family
     if any(key.startswith("lora_unet_joint_blocks_") or ".joint_blocks." in key for key in tensors):
         return Family.SD3
+    zimage_keys = ("noise_refiner.", "context_refiner.", "lora_unet_layers_", "lora_unet_noise_refiner_")
+    if any(marker in key for key in tensors for marker in zimage_keys) or any(
+            re.search(r"(^|\.)layers\.\d+\.(attention|feed_forward)\.", key) for key in tensors):
+        return Family.ZIMAGE
     flux_keys = ("transformer.single_transformer_blocks.", "lora_unet_double_blocks_", "lora_unet_single_blocks_")
     if any(key.startswith(flux_keys) for key in tensors):
         return Family.FLUX

@@ -1,0 +1,40 @@
+"""Load a Z-Image model offline: a diffusers folder (ZImagePipeline: transformer, vae, Qwen3 text_encoder,
+Qwen2 tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from diffusers import AutoencoderKL, ZImageTransformer2DModel
+from transformers import Qwen3Model
+
+from traintrain.errors import UserError
+from traintrain.models.components import ModelComponents
+from traintrain.models.families import Family
+from traintrain.models.loading import load_pretrained
+from traintrain.models.zimage_text import find_zimage_tokenizer
+from traintrain.training.events import Reporter, ignore
+
+PIPELINE = "ZImagePipeline"
+
+
+def is_zimage_folder(path: Path) -> bool:
+    index = path / "model_index.json"
+    try:
+        return index.is_file() and json.loads(index.read_text()).get("_class_name") == PIPELINE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_zimage_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:
+    for part in ("transformer", "vae", "text_encoder"):
+        if not (path / part / "config.json").is_file():
+            raise UserError(f"{path}: Z-Image folder without {part}/config.json",
+                            "give a complete ZImagePipeline folder (transformer, vae, text_encoder, tokenizer)",
+                            field="model")
+    transformer = load_pretrained(ZImageTransformer2DModel, path, "transformer")
+    vae = load_pretrained(AutoencoderKL, path, "vae")
+    encoder = load_pretrained(Qwen3Model, path, "text_encoder")
+    tokenizer = find_zimage_tokenizer(path, tokenizer_dir)
+    return ModelComponents(Family.ZIMAGE, transformer, vae, [encoder], [tokenizer], source=str(path))
