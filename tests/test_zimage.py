@@ -197,3 +197,15 @@ def test_lora_job_on_a_zimage_folder(folder, tmp_path):
     assert metadata["modelspec.prediction_type"] == "flow"
     assert all(k.startswith(("transformer.layers.", "transformer.noise_refiner.", "transformer.context_refiner."))
                for k in tensors) and len(result.losses) == 2
+
+
+def test_a_reference_single_file_is_refused_clearly(tmp_path):
+    from safetensors.torch import save_file
+
+    single = tmp_path / "z_image_turbo_bf16.safetensors"
+    save_file({f"model.diffusion_model.{k}": torch.zeros(2) for k in (
+        "layers.0.attention.qkv.weight", "cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight")}, str(single))
+    for read in (load_model, read_weight_shapes):
+        with pytest.raises(UserError, match="diffusers folder") as error:
+            read(single)
+        assert error.value.field == "model"

@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 
 from traintrain.errors import UserError
-from traintrain.models.families import Family, detect_family_from_ldm_keys, is_flux_checkpoint, is_sd3_checkpoint
+from traintrain.models.families import (
+    Family,
+    detect_family_from_ldm_keys,
+    is_flux_checkpoint,
+    is_sd3_checkpoint,
+    is_zimage_checkpoint,
+)
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.training.events import Message, Reporter
 
@@ -57,6 +63,10 @@ def checkpoint_family(path: Path, shapes: Shapes) -> Family:
         return Family.FLUX
     if is_sd3_checkpoint(shapes):  # before the LDM checks: it shares the UNet's model.diffusion_model. prefix
         return Family.SD3
+    if is_zimage_checkpoint(shapes):  # loading its single file (and finding its companions) is not built yet
+        raise UserError(f"{path}: a Z-Image transformer file; TrainTrain reads Z-Image as a diffusers folder only",
+                        "give the model's diffusers folder (ZImagePipeline: transformer, vae, text_encoder, "
+                        "tokenizer), for example Tongyi-MAI/Z-Image-Turbo as downloaded", field="model")
     has_unet = any(key.startswith(UNET_PREFIX) for key in shapes)
     if not has_unet and not any(key.startswith(TEXT_ENCODER_ROOTS) for key in shapes):
         raise _not_a_model(path, shapes)
