@@ -203,7 +203,7 @@ def trained_with_mask(tmp_path_factory):
         train_model_precision="fp32", save_precision="fp32", train_seed=1, save_lora_name="masked",
     )
     masks = []
-    original = lora.denoising_step_loss
+    original = lora.image_step_loss
 
     def spy(components, scheduler, latents, conditioning, config, generator, mask=None, **options):
         masks.append(mask)
@@ -211,7 +211,7 @@ def trained_with_mask(tmp_path_factory):
 
     events = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lora, "denoising_step_loss", spy)
+        patch.setattr(lora, "image_step_loss", spy)
         result = run_job(config, output_dir=root / "out", report=events.append)
     return result, events, masks, images
 

@@ -28,7 +28,7 @@ class NanGradient(torch.autograd.Function):
 
 def break_steps(monkeypatch, steps, how="loss"):
     """Make LoRA mode's loss (or its gradient) non-finite at the given steps."""
-    real, calls = lora_mode.denoising_step_loss, []
+    real, calls = lora_mode.image_step_loss, []
 
     def loss(*args, **kwargs):
         calls.append(1)
@@ -37,7 +37,7 @@ def break_steps(monkeypatch, steps, how="loss"):
             return value
         return value * float("nan") if how == "loss" else NanGradient.apply(value)
 
-    monkeypatch.setattr(lora_mode, "denoising_step_loss", loss)
+    monkeypatch.setattr(lora_mode, "image_step_loss", loss)
 
 
 @pytest.fixture(scope="module")
