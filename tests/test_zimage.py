@@ -209,3 +209,20 @@ def test_a_reference_single_file_is_refused_clearly(tmp_path):
         with pytest.raises(UserError, match="diffusers folder") as error:
             read(single)
         assert error.value.field == "model"
+
+
+def test_older_libraries_are_named_when_a_zimage_model_is_used(folder, monkeypatch):
+    """The Web-UI hosts pin diffusers 0.31 (no Z-Image): the other families work there (tests/test_host_pins.py);
+    a Z-Image model gets one error naming the versions it needs."""
+    import importlib
+    import types
+
+    real = importlib.import_module
+
+    def diffusers_0_31(name, *args):  # diffusers resolves its classes lazily: stand in for the whole module
+        return types.SimpleNamespace(__version__="0.31.0") if name == "diffusers" else real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", diffusers_0_31)
+    with pytest.raises(UserError, match=r"Z-Image needs diffusers 0\.36 or newer; this Python has diffusers") as error:
+        load_model(str(folder))
+    assert error.value.field == "model"

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diffusers import AutoencoderKL, ZImageTransformer2DModel
-from transformers import Qwen3Model
+from diffusers import AutoencoderKL
 
 from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.loading import load_pretrained
-from traintrain.models.zimage_text import find_zimage_tokenizer
+from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
 from traintrain.training.events import Reporter, ignore
 
 PIPELINE = "ZImagePipeline"
@@ -33,8 +32,8 @@ def load_zimage_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore
             raise UserError(f"{path}: Z-Image folder without {part}/config.json",
                             "give a complete ZImagePipeline folder (transformer, vae, text_encoder, tokenizer)",
                             field="model")
-    transformer = load_pretrained(ZImageTransformer2DModel, path, "transformer")
+    transformer = load_pretrained(zimage_class("ZImageTransformer2DModel"), path, "transformer")
     vae = load_pretrained(AutoencoderKL, path, "vae")
-    encoder = load_pretrained(Qwen3Model, path, "text_encoder")
+    encoder = load_pretrained(zimage_class("Qwen3Model"), path, "text_encoder")
     tokenizer = find_zimage_tokenizer(path, tokenizer_dir)
     return ModelComponents(Family.ZIMAGE, transformer, vae, [encoder], [tokenizer], source=str(path))

@@ -10,14 +10,39 @@ transformer's door (modes/flow_matching.py).
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import Qwen2Tokenizer
 
 from traintrain.errors import TOKENIZER_DIR, UserError
 from traintrain.models.encoding import Conditioning
 from traintrain.models.tokenizers import TINY_WORDS, _hf_hub_cache, bytes_to_unicode
+
+if TYPE_CHECKING:
+    from transformers import Qwen2Tokenizer
+
+# Z-Image came to diffusers in 0.36 and Qwen3 to transformers in 4.51. The Web-UI hosts pin older ones
+# (diffusers 0.31; transformers 4.30 in A1111, 4.46 in Forge), where the other families still work:
+# Z-Image's classes are imported only when a Z-Image model is used.
+ZIMAGE_LIBRARIES = {"diffusers": ("0.36", ("ZImageTransformer2DModel",)),
+                    "transformers": ("4.51", ("Qwen2Tokenizer", "Qwen3Config", "Qwen3Model"))}
+
+
+def zimage_class(name: str) -> Any:
+    """One of Z-Image's library classes, or one error naming the versions Z-Image needs."""
+    for library, (version, names) in ZIMAGE_LIBRARIES.items():
+        if name in names:
+            module = importlib.import_module(library)
+            found = getattr(module, name, None)
+            if found is None:
+                raise UserError(
+                    f"Z-Image needs {library} {version} or newer; this Python has {library} {module.__version__}",
+                    "train Z-Image where `pip install -U 'diffusers>=0.36' 'transformers>=4.51'` is possible "
+                    "(the Web-UI hosts pin older versions)", field="model")
+            return found
+    raise KeyError(name)
 
 MAX_LENGTH = 512  # ZImagePipeline's max_sequence_length
 TOKENIZER_FOLDER = "tokenizer"
@@ -48,7 +73,7 @@ def build_tiny_qwen_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Qwen2Token
                 pieces[:2] = [pieces[0] + pieces[1]]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     # the tokenizers library takes (left, right) pairs; transformers' annotation says strings
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=TINY_LENGTH)  # type: ignore[arg-type]
+    tokenizer = zimage_class("Qwen2Tokenizer")(vocab=vocab, merges=merges, model_max_length=TINY_LENGTH)
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     tokenizer.name_or_path = "tiny-qwen"
@@ -74,7 +99,7 @@ def find_zimage_tokenizer(model_path, tokenizer_dir=None) -> Qwen2Tokenizer:
             f"{ZIMAGE_REPOS[0]} in the Hugging Face cache ({cache})", field=TOKENIZER_DIR,
         )
     try:
-        return Qwen2Tokenizer.from_pretrained(str(folder), local_files_only=True)
+        return zimage_class("Qwen2Tokenizer").from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as error:
         raise UserError(f"{folder}: cannot read the Qwen tokenizer ({error})",
                         "replace it with the model's own tokenizer folder", field=TOKENIZER_DIR) from error

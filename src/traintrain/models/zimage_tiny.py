@@ -7,15 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
-from transformers import Qwen3Config, Qwen3Model
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
 from traintrain.fileio import atomic_folder
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.flux_tiny import shape_latent_space
 from traintrain.models.loading import CONFIG_ROOT, config_template
-from traintrain.models.zimage_text import TOKENIZER_FOLDER, build_tiny_qwen_tokenizer
+from traintrain.models.zimage_text import TOKENIZER_FOLDER, build_tiny_qwen_tokenizer, zimage_class
 
 TINY_DIM, TINY_HEADS, TINY_LAYERS, TINY_REFINERS = 64, 2, 2, 1
 TINY_TEXT_WIDTH = 32
@@ -45,12 +44,13 @@ def build_tiny_zimage(seed: int = 0) -> ModelComponents:
     tokenizer = build_tiny_qwen_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = ZImageTransformer2DModel.from_config(tiny_transformer_config())
+        transformer = zimage_class("ZImageTransformer2DModel").from_config(tiny_transformer_config())
         vae = AutoencoderKL.from_config(config_template(Family.ZIMAGE, "vae") | {
             "block_out_channels": TINY_VAE_CHANNELS, "layers_per_block": 1, "sample_size": 128,
         })
         shape_latent_space(vae, Family.ZIMAGE)
-        encoder = Qwen3Model(Qwen3Config(**config_template(Family.ZIMAGE, "text_encoder") | {
+        text_config = zimage_class("Qwen3Config")
+        encoder = zimage_class("Qwen3Model")(text_config(**config_template(Family.ZIMAGE, "text_encoder") | {
             "vocab_size": len(tokenizer), "hidden_size": TINY_TEXT_WIDTH, "intermediate_size": 2 * TINY_TEXT_WIDTH,
             "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
             "max_position_embeddings": 256,
