@@ -100,16 +100,18 @@ def test_bfl_layout_matches_diffusers_converter(flux):
 
 
 def test_transformer_alone_names_the_files_to_add(tmp_path, flux):
-    single = write_tiny_model("flux", "single-file", tmp_path / "flux1.safetensors", components=flux)
-    (tmp_path / "t5xxl_fp16.safetensors").unlink()
-    (tmp_path / "ae.safetensors").unlink()
+    models = tmp_path / "diffusion_models"  # ComfyUI's layout, in this test's own folder
+    models.mkdir()
+    single = write_tiny_model("flux", "single-file", models / "flux1.safetensors", components=flux)
+    (models / "t5xxl_fp16.safetensors").unlink()
+    (models / "ae.safetensors").unlink()
     with pytest.raises(UserError) as error:
         load_model(single)
     assert "t5xxl_fp16.safetensors" in error.value.message and "ae.safetensors" in error.value.message
     assert "clip_l" not in error.value.problem and error.value.field == "model"
     # ComfyUI's layout: the encoders and the VAE in sibling folders
-    (tmp_path.parent / "clip").mkdir(exist_ok=True)
-    (tmp_path / "clip_l.safetensors").rename(tmp_path.parent / "clip" / "clip_l.safetensors")
+    (tmp_path / "clip").mkdir()
+    (models / "clip_l.safetensors").rename(tmp_path / "clip" / "clip_l.safetensors")
     with pytest.raises(UserError, match="t5xxl_fp16"):
         load_model(single)
 

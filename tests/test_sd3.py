@@ -97,11 +97,12 @@ def test_reference_layout_reads_back_through_diffusers_converter(sd3):
 
 
 def test_companion_files_missing_t5_and_missing_clip_g(tmp_path, sd3):
-    single = tmp_path / "sd3.5_tiny.safetensors"
+    (tmp_path / "checkpoints").mkdir()  # ComfyUI's layout, in this test's own folder
+    single = tmp_path / "checkpoints" / "sd3.5_tiny.safetensors"
     companions = write_sd3_single_file(sd3, single, with_text_encoders=False)
     assert [p.name for p in companions] == ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"]
-    (tmp_path.parent / "text_encoders").mkdir(exist_ok=True)  # ComfyUI's folder beside the model's
-    companions[0].rename(tmp_path.parent / "text_encoders" / "clip_l.safetensors")
+    (tmp_path / "text_encoders").mkdir()  # ComfyUI's folder beside the model's
+    companions[0].rename(tmp_path / "text_encoders" / "clip_l.safetensors")
     _same_weights(load_model(single).text_encoders[0], sd3.text_encoders[0])
     companions[2].unlink()  # no T5: a warning, zeros in its place
     events = []
