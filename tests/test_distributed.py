@@ -105,8 +105,10 @@ SGD = dict(train_optimizer="SGDNesterov", train_learning_rate=0.5, train_lr_sche
 
 
 def _csv_losses(folder) -> list[float]:
-    """Every step's loss from the run's CSV logs (each phase's)."""
-    return [row["Loss"] for path in sorted((folder / "logs").glob("*.csv")) for row in read_csv_log(path)[1]]
+    """Every step's loss from the run's CSV logs (each phase's, and a continued run's), in the order they were
+    written: by name, a log started in the same second as the one before it (`NAME_T-2.csv`) sorts first."""
+    paths = sorted((folder / "logs").glob("*.csv"), key=lambda path: path.stat().st_mtime_ns)
+    return [row["Loss"] for path in paths for row in read_csv_log(path)[1]]
 
 
 @pytest.mark.slow
