@@ -99,3 +99,14 @@ def _is_diffusers_vae(folder: Path) -> bool:
         return json.loads(config.read_text()).get("_class_name") == "AutoencoderKL"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def pipeline_class(folder: Path) -> str | None:
+    """The `_class_name` in a diffusers folder's model_index.json (`FluxPipeline`, ...): which family's
+    loader reads it. None when there is no readable index."""
+    index = folder / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None

@@ -12,7 +12,6 @@ A single file carries no config: dimensions are read from the tensor shapes into
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
 from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
+from traintrain.models.discovery import pipeline_class
 from traintrain.models.families import Family
 from traintrain.models.flux_keys import bfl_to_diffusers, block_counts, strip_prefix
 from traintrain.models.flux_text import find_flux_tokenizers
@@ -71,11 +71,7 @@ COMPANIONS = (
 
 
 def is_flux_folder(path: Path) -> bool:
-    index = path / "model_index.json"
-    try:
-        return index.is_file() and json.loads(index.read_text()).get("_class_name") == "FluxPipeline"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return pipeline_class(path) == "FluxPipeline"
 
 
 def load_flux_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:

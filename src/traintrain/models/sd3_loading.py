@@ -12,7 +12,6 @@ Whatever else is missing is named in one UserError.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5EncoderM
 
 from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
+from traintrain.models.discovery import pipeline_class
 from traintrain.models.families import FLUX_PREFIXES, Family
 from traintrain.models.flux_loading import Companion, _t5, companion_file
 from traintrain.models.ldm_convert import VAE_PREFIX
@@ -58,11 +58,7 @@ OPTIONAL = (T5,)
 
 
 def is_sd3_folder(path: Path) -> bool:
-    index = path / "model_index.json"
-    try:
-        return index.is_file() and json.loads(index.read_text()).get("_class_name") == "StableDiffusion3Pipeline"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return pipeline_class(path) == "StableDiffusion3Pipeline"
 
 
 def load_sd3_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:

@@ -3,13 +3,13 @@ Qwen2 tokenizer)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from diffusers import AutoencoderKL
 
 from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
+from traintrain.models.discovery import pipeline_class
 from traintrain.models.families import Family
 from traintrain.models.loading import load_pretrained
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
@@ -19,11 +19,7 @@ PIPELINE = "ZImagePipeline"
 
 
 def is_zimage_folder(path: Path) -> bool:
-    index = path / "model_index.json"
-    try:
-        return index.is_file() and json.loads(index.read_text()).get("_class_name") == PIPELINE
-    except (OSError, ValueError, AttributeError):
-        return False
+    return pipeline_class(path) == PIPELINE
 
 
 def load_zimage_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:
