@@ -39,6 +39,7 @@ CHANGED = {
     "gradient_accumulation_steps": 4, "train_fixed_timsteps_in_batch": True, "gen_noise_scheduler": "Euler a",
     "network_train_text_encoder": True, "diff_use_fixed_noise": True, "save_state": True,
     "ileco_latent": "once", "train_sync_every": 5, "train_estimate": True,
+    "train_compile": True, "train_flux_guidance": 3.5,
 }
 
 

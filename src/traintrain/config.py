@@ -214,10 +214,18 @@ class TrainConfig:
         "PyTorch's meta device (a few seconds) and warn when it exceeds the free memory: auto (on a GPU), true or "
         "false", choices=("auto", "true", "false"), parser=parse_auto_bool,
     )
+    train_compile: bool = _param(
+        False, "opt-in fast path: compile the denoiser's forward and backward with torch.compile (the first "
+        "steps are slower while it compiles; later steps faster)"
+    )
     gradient_accumulation_steps: int = _param(
         1, "sum the gradients of this many batches per optimizer step (effective batch = batch size x this)", minimum=1
     )
     train_fixed_timsteps_in_batch: bool = _param(False, "all samples of a batch share one timestep")
+    train_flux_guidance: float = _param(
+        1.0, "Flux.1-dev: the distilled guidance value the transformer is given while training (1.0 as kohya and "
+        "ai-toolkit train; Flux.1-schnell has no guidance input and ignores it)", minimum=0.0, maximum=100.0,
+    )
     # --- modes: iLECO, Difference, ADDifT, previews ---
     diff_alt_ratio: float = _param(1.0, "ADDifT: strength of the swapped (reverse) step; negative = pure noise there")
     diff_revert_original_target: bool = _param(False, "Difference/ADDifT: swap the original and target images")
