@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import diffusers
 import torch
-from diffusers import (
-    DDIMScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-)
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import is_scipy_available
 from PIL import Image, ImageDraw
 
 from traintrain.choices import NoiseScheduler
 from traintrain.errors import UserError
-from traintrain.models.families import NOISE_SCHEDULE, SD_FAMILIES, Family
+from traintrain.models.families import NOISE_SCHEDULE, Family
+from traintrain.models.tokenizers import MAX_LENGTH
+from traintrain.models.zimage_text import zimage_class
 
 # gen_noise_scheduler -> the diffusers scheduler class and its options (the original's names).
 SAMPLERS: dict[NoiseScheduler, tuple[str, dict]] = {
@@ -71,55 +69,86 @@ def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
     return getattr(diffusers, name).from_config(base.config, **options)
 
 
-# The families a stock pipeline renders here (pipeline_from_components).
-PIPELINE_FAMILIES = (*SD_FAMILIES, Family.FLUX)
+def flow_scheduler(family: Family):
+    """The transformer families' own flow-matching Euler sampler, from their bundled scheduler config (Flux's
+    resolution-dependent shift, SD3's and Z-Image's fixed 3.0)."""
+    from traintrain.models.loading import config_template
+
+    return FlowMatchEulerDiscreteScheduler.from_config(config_template(family, "scheduler"))
+
+
+def _no_options(pipe) -> dict:
+    return {}
+
+
+def _flux_options(pipe) -> dict:
+    from traintrain.models.flux_text import t5_length
+
+    return {"max_sequence_length": t5_length(pipe.tokenizer_2)}  # T5's length in training
+
+
+def _sd3_options(pipe) -> dict:
+    """T5's length in training; without T5, training puts zeros of CLIP's 77 tokens in its place (the
+    pipeline puts zeros of max_sequence_length tokens)."""
+    from traintrain.models.sd3_text import t5_length
+
+    return {"max_sequence_length": t5_length(pipe.tokenizer_3) if pipe.text_encoder_3 is not None else MAX_LENGTH}
+
+
+def _zimage_options(pipe) -> dict:
+    from traintrain.models.zimage_text import sequence_length
+
+    return {"max_sequence_length": sequence_length(pipe.tokenizer)}  # Qwen3's padded length in training
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a family's stock diffusers pipeline is built from our loaded modules, and what its call needs."""
+
+    pipeline: str  # the diffusers class
+    denoiser: str  # the argument the denoiser is given as
+    text_slots: int  # text_encoder(_2, _3) / tokenizer(_2, _3) arguments; one not loaded (SD3's T5) is None
+    call_options: Callable[[Any], dict] = _no_options  # beyond prompt, size, steps and guidance
+    negative_prompt: bool = True  # FluxPipeline uses one only for true CFG, which previews do not run
+    extra: dict = field(default_factory=dict)
+
+
+_SD_RECIPE = Recipe("StableDiffusionPipeline", "unet", 1, extra={
+    "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False})
+RECIPES: dict[Family, Recipe] = {
+    Family.SD1: _SD_RECIPE,
+    Family.SD2: _SD_RECIPE,
+    Family.SDXL: Recipe("StableDiffusionXLPipeline", "unet", 2),
+    Family.FLUX: Recipe("FluxPipeline", "transformer", 2, _flux_options, negative_prompt=False),
+    Family.SD3: Recipe("StableDiffusion3Pipeline", "transformer", 3, _sd3_options),
+    Family.ZIMAGE: Recipe("ZImagePipeline", "transformer", 1, _zimage_options),
+}
 
 
 def pipeline_from_components(components, sampler: NoiseScheduler = NoiseScheduler.DDIM):
     """A diffusers pipeline sharing our loaded modules (adapters hooked into them stay active).
 
-    Flux renders with FluxPipeline and its own flow-matching Euler sampler (the family's bundled
-    scheduler config, resolution-dependent shift); `sampler` chooses among the SD families' samplers."""
-    if components.family is Family.FLUX:
-        from traintrain.models.loading import config_template
-
-        return FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler.from_config(config_template(Family.FLUX, "scheduler")),
-            vae=components.vae,
-            text_encoder=components.text_encoders[0],
-            tokenizer=components.tokenizers[0],
-            text_encoder_2=components.text_encoders[1],
-            tokenizer_2=components.tokenizers[1],
-            transformer=components.transformer,
-        )
-    scheduler = preview_scheduler(sampler, components.v_prediction)
-    if components.family == Family.SDXL:
-        return StableDiffusionXLPipeline(
-            vae=components.vae,
-            text_encoder=components.text_encoders[0],
-            text_encoder_2=components.text_encoders[1],
-            tokenizer=components.tokenizers[0],
-            tokenizer_2=components.tokenizers[1],
-            unet=components.unet,
-            scheduler=scheduler,
-        )
-    return StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoders[0],
-        tokenizer=components.tokenizers[0],
-        unet=components.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    The transformer families render with their own flow-matching sampler (`flow_scheduler`); `sampler`
+    chooses among the SD families' samplers. ZImagePipeline is imported only here (not in diffusers 0.31)."""
+    family = components.family
+    recipe = RECIPES[family]
+    if components.spec.flow_matching:
+        scheduler = flow_scheduler(family)
+    else:
+        scheduler = preview_scheduler(sampler, components.v_prediction)
+    texts: dict = {}
+    for slot in range(recipe.text_slots):
+        suffix = f"_{slot + 1}" if slot else ""
+        loaded = slot < len(components.text_encoders)
+        texts[f"text_encoder{suffix}"] = components.text_encoders[slot] if loaded else None
+        texts[f"tokenizer{suffix}"] = components.tokenizers[slot] if loaded else None
+    pipeline_class = zimage_class(recipe.pipeline) if family is Family.ZIMAGE else getattr(diffusers, recipe.pipeline)
+    return pipeline_class(vae=components.vae, scheduler=scheduler, **{recipe.denoiser: components.denoiser},
+                          **texts, **recipe.extra)
 
 
-def build_pipeline(model: Path, *, tokenizer_dir: str | None = None):
-    """A pipeline on a model loaded offline from a file or folder."""
-    from traintrain.models.loading import load_model
-
-    return pipeline_from_components(load_model(str(model), tokenizer_dir=tokenizer_dir))
+def recipe_of(pipe) -> Recipe:
+    return next(recipe for recipe in RECIPES.values() if recipe.pipeline == type(pipe).__name__)
 
 
 def generate(
@@ -128,15 +157,14 @@ def generate(
     """One image per prompt, each from the same seed, so pictures compare across LoRA settings.
 
     `size` is one number (square) or (height, width). On Flux `guidance` is the distilled model's
-    guidance input and the negative prompt is not used (FluxPipeline only uses it for true CFG).
+    guidance input and the negative prompt is not used; elsewhere it is the classifier-free guidance scale
+    (ZImagePipeline's: prediction + scale * (prediction - negative prediction)).
     """
     height, width = (size, size) if isinstance(size, int) else size
-    if isinstance(pipe, FluxPipeline):
-        from traintrain.models.flux_text import t5_length
-
-        options: dict = {"max_sequence_length": t5_length(pipe.tokenizer_2)}  # T5's length in training
-    else:
-        options = {"negative_prompt": negative_prompt or None}
+    recipe = recipe_of(pipe)
+    options = recipe.call_options(pipe)
+    if recipe.negative_prompt:
+        options["negative_prompt"] = negative_prompt or None
     images = []
     for prompt in prompts:
         generator = torch.Generator().manual_seed(seed)

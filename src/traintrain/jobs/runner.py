@@ -14,7 +14,7 @@ import torch
 
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
-from traintrain.modes.previews import previews_supported, render_previews
+from traintrain.modes.previews import render_previews
 from traintrain.modes.registry import ModeOutcome, TrainingMode, every, get_mode
 from traintrain.rendering import check_sampler
 from traintrain.training.checkpoint import Checkpoints, load_state
@@ -113,7 +113,7 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     if processes.main and (config.train_estimate or (config.train_estimate is None and device.type == "cuda")):
         _report_estimate(config, mode, components, run, processes.count)
     outcome = mode.train(config, components, run)
-    if mode.preview_prompts(config) and previews_supported(components, run):
+    if mode.preview_prompts(config):
         outcome.preview = render_previews(config, components, outcome.network, outcome.copier, run, suffix=final_suffix)
     checkpoints.discard_written()
     return JobResult(outcome.path, outcome.losses, seed, outcome)

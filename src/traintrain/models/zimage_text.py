@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # Z-Image came to diffusers in 0.36 and Qwen3 to transformers in 4.51. The Web-UI hosts pin older ones
 # (diffusers 0.31; transformers 4.30 in A1111, 4.46 in Forge), where the other families still work:
 # Z-Image's classes are imported only when a Z-Image model is used.
-ZIMAGE_LIBRARIES = {"diffusers": ("0.36", ("ZImageTransformer2DModel",)),
+ZIMAGE_LIBRARIES = {"diffusers": ("0.36", ("ZImageTransformer2DModel", "ZImagePipeline")),
                     "transformers": ("4.51", ("Qwen2Tokenizer", "Qwen3Config", "Qwen3Model"))}
 
 

@@ -66,7 +66,7 @@ def train_result_network(
 
     `data_order` (get_state/set_state) is the position of the mode's batches, kept in resumable states.
     """
-    from traintrain.modes.previews import preview_prompts, previews_supported, render_previews
+    from traintrain.modes.previews import preview_prompts, render_previews
 
     def preview(step: int) -> None:
         render_previews(config, components, network, copier, run, suffix=f"_{step}steps")
@@ -78,7 +78,7 @@ def train_result_network(
         config.train_iterations,
         config.save_per_steps,
         lambda step: run.writer.save(network, suffix=f"_{step}steps", steps=step),
-        config.preview_every_steps if preview_prompts(config) and previews_supported(components, run) else 0,
+        config.preview_every_steps if preview_prompts(config) else 0,
         preview,
         data_order,
         run.checkpoints,

@@ -1,7 +1,8 @@
 """Preview images after training: each prompt at LoRA multipliers -1, 0 and +1, one PNG grid.
 
-Rendered by a stock diffusers pipeline (StableDiffusion(XL)Pipeline, FluxPipeline) on the training
-model with the adapter hooked in, so the pictures show what users will see at those strengths.
+Rendered by each family's stock diffusers pipeline (StableDiffusion(XL)Pipeline, FluxPipeline,
+StableDiffusion3Pipeline, ZImagePipeline: rendering.py) on the training model with the adapter hooked in,
+so the pictures show what users will see at those strengths.
 Difference's copier is switched off: the saved file is the difference LoRA alone.
 """
 
@@ -13,7 +14,7 @@ import torch
 
 from traintrain.fileio import atomic_path
 from traintrain.modes.registry import get_mode
-from traintrain.rendering import PIPELINE_FAMILIES, generate, labelled_grid, pipeline_from_components
+from traintrain.rendering import generate, labelled_grid, pipeline_from_components
 from traintrain.training.events import PREVIEW, Message, Written
 
 MULTIPLIERS = (-1.0, 0.0, 1.0)
@@ -22,17 +23,6 @@ MULTIPLIERS = (-1.0, 0.0, 1.0)
 def preview_prompts(config) -> list[str]:
     """The user's preview prompts, else the mode's default ones (iLECO: its Original and Target)."""
     return get_mode(config.mode).preview_prompts(config)
-
-
-def previews_supported(components, run) -> bool:
-    """A family without a preview pipeline yet (SD3) trains without previews and says so once."""
-    if components.family in PIPELINE_FAMILIES:
-        return True
-    if not getattr(run, "previews_skipped_said", False):
-        run.report(Message(f"{components.family.value}: preview images are not rendered yet; training without "
-                           "them", "warning"))
-        run.previews_skipped_said = True
-    return False
 
 
 @torch.no_grad()
