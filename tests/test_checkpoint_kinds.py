@@ -12,8 +12,8 @@ from sample_images import write_demo_images
 from traintrain.cli import main
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
-from traintrain.models.checkpoint_kinds import checkpoint_family
-from traintrain.models.families import SD_FAMILIES, Family
+from traintrain.models.checkpoint_kinds import checkpoint_family, transformer_file_family
+from traintrain.models.families import FLUX_MARKERS, SD3_MARKERS, SD_FAMILIES, ZIMAGE_MARKERS, Family
 from traintrain.models.ldm_convert import UNET_PREFIX, VAE_PREFIX, components_to_ldm, unet_to_ldm
 from traintrain.models.loading import load_model, read_weight_shapes
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
@@ -263,3 +263,15 @@ def test_model_use_ema_without_ema_weights_is_refused(tmp_path):
         run_job(config, output_dir=tmp_path / "out")
     assert error.value.field == "model_use_ema"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("family", [Family.FLUX, Family.SD3, Family.ZIMAGE])
+@pytest.mark.parametrize("prefix", ["", UNET_PREFIX])
+def test_transformer_files_are_told_by_their_reference_keys(tmp_path, family, prefix):
+    """Flux, SD3 and Z-Image transformer files (bare or under ComfyUI's prefix) are models of their family, not
+    refused as UNet-less checkpoints; their loaders find the parts they lack (models/*_loading.py)."""
+    markers = {Family.FLUX: FLUX_MARKERS, Family.SD3: SD3_MARKERS, Family.ZIMAGE: ZIMAGE_MARKERS}[family]
+    shapes = {prefix + key: (2, 2) for key in markers}
+    assert transformer_file_family(shapes) is family
+    assert checkpoint_family(tmp_path / "model.safetensors", shapes) is family
+    assert transformer_file_family({FIRST_CONV: (320, 4, 3, 3)}) is None

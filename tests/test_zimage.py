@@ -1,15 +1,19 @@
-"""Z-Image (issue 16): a tiny model as a diffusers folder loads offline, LoRA mode trains on Z-Image's
-flow-matching objective with its Qwen3 conditioning, and the saved file loads in diffusers with the same
-transformer output."""
+"""Z-Image (issue 16): a tiny model loads offline as a diffusers folder and as the reference single file with
+its companions, LoRA mode trains on Z-Image's flow-matching objective with its Qwen3 conditioning, and the saved
+file loads in diffusers with the same transformer output."""
 
 from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
+import accelerate
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+from safetensors.torch import save_file
+from transformers import Qwen3Config, Qwen3Model
 
 from sample_images import write_demo_images
 from traintrain.choices import ALL_BLOCK_IDS
@@ -18,8 +22,10 @@ from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.families import Family, is_flux_checkpoint, is_sd3_checkpoint, is_zimage_checkpoint
-from traintrain.models.loading import config_template, load_model, read_weight_shapes
+from traintrain.models.loading import config_template, load_model, read_checkpoint, read_weight_shapes
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
+from traintrain.models.zimage_keys import diffusers_to_reference, transformer_config
+from traintrain.models.zimage_single_file import qwen3_encoder
 from traintrain.modes.flow_matching import ZIMAGE_SHIFT, flow_matching_step_loss, shifted_sigmas, transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
@@ -40,6 +46,13 @@ def zimage():
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, zimage):
     return write_tiny_model("zimage", "diffusers", tmp_path_factory.mktemp("zimage") / "zimage-diffusers",
+                            components=zimage)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, zimage):
+    """The reference transformer file with qwen_3_4b.safetensors and ae.safetensors beside it."""
+    return write_tiny_model("zimage", "single-file", tmp_path_factory.mktemp("zimage") / "z_image_turbo.safetensors",
                             components=zimage)
 
 
@@ -199,19 +212,8 @@ def test_lora_job_on_a_zimage_folder(folder, tmp_path):
                for k in tensors) and len(result.losses) == 2
 
 
-def test_a_reference_single_file_is_refused_clearly(tmp_path):
-    from safetensors.torch import save_file
-
-    single = tmp_path / "z_image_turbo_bf16.safetensors"
-    save_file({f"model.diffusion_model.{k}": torch.zeros(2) for k in (
-        "layers.0.attention.qkv.weight", "cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight")}, str(single))
-    for read in (load_model, read_weight_shapes):
-        with pytest.raises(UserError, match="diffusers folder") as error:
-            read(single)
-        assert error.value.field == "model"
-
-
-def test_older_libraries_are_named_when_a_zimage_model_is_used(folder, monkeypatch):
+@pytest.mark.parametrize("form", ["folder", "single file"])
+def test_older_libraries_are_named_when_a_zimage_model_is_used(folder, single, form, monkeypatch):
     """The Web-UI hosts pin diffusers 0.31 (no Z-Image): the other families work there (tests/test_host_pins.py);
     a Z-Image model gets one error naming the versions it needs."""
     import importlib
@@ -224,5 +226,104 @@ def test_older_libraries_are_named_when_a_zimage_model_is_used(folder, monkeypat
 
     monkeypatch.setattr(importlib, "import_module", diffusers_0_31)
     with pytest.raises(UserError, match=r"Z-Image needs diffusers 0\.36 or newer; this Python has diffusers") as error:
-        load_model(str(folder))
+        load_model(str(folder if form == "folder" else single))
     assert error.value.field == "model"
+
+
+def _same_model(loaded, zimage) -> None:
+    for ours, theirs in zip((zimage.transformer, zimage.vae, *zimage.text_encoders),
+                            (loaded.transformer, loaded.vae, *loaded.text_encoders), strict=True):
+        _same_weights(ours, theirs)
+
+
+def _public(config) -> dict:
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def test_the_reference_single_file_loads_like_the_folder(single, folder, zimage):
+    from_file, from_folder = load_model(single), load_model(folder)
+    assert from_file.family is Family.ZIMAGE and isinstance(from_file.transformer, ZImageTransformer2DModel)
+    _same_model(from_file, zimage)
+    assert _public(from_file.transformer.config) == _public(from_folder.transformer.config)
+    assert from_file.tokenizers[0]("a red cat").input_ids == zimage.tokenizers[0]("a red cat").input_ids
+    assert "norm_final.weight" in read_checkpoint(single)  # the release's unused norm, dropped on loading
+    assert read_weight_shapes(single).family is Family.ZIMAGE
+    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cond = encode_prompts(from_folder, ["a photo of a cat", "dog"])
+        sigmas = torch.tensor([0.6, 0.3])
+        expected = transformer_predict(from_folder, noisy, sigmas, cond)
+        got = transformer_predict(from_file, noisy, sigmas, cond)
+        assert (encode_prompts(from_file, ["a photo of a cat", "dog"]).hidden - cond.hidden).abs().max() <= 1e-5
+    assert (expected - got).abs().max() <= 1e-5
+
+
+def test_release_sized_shapes_give_the_bundled_configs():
+    """The widths, counts and heads read from Z-Image-Turbo-sized tensors (empty, no memory) are the template's."""
+    template = config_template(Family.ZIMAGE, "transformer")
+    with accelerate.init_empty_weights():
+        transformer = ZImageTransformer2DModel.from_config(template)
+        encoder = Qwen3Model(Qwen3Config(**config_template(Family.ZIMAGE, "text_encoder")))
+    reference = diffusers_to_reference(transformer.state_dict(), transformer.config)
+    assert reference["layers.0.attention.qkv.weight"].shape == (3 * 3840, 3840)
+    assert transformer_config(reference) == template
+    state = {"model." + key: value for key, value in encoder.state_dict().items()}
+    read = qwen3_encoder(Path("qwen_3_4b.safetensors"), state).config
+    assert read.to_dict() == encoder.config.to_dict()
+
+
+def test_missing_companions_are_named_and_comfyui_folders_are_searched(tmp_path, zimage):
+    models = tmp_path / "diffusion_models"  # ComfyUI's layout, in this test's own folder
+    single = write_tiny_model("zimage", "single-file", models / "z_image_turbo_bf16.safetensors", components=zimage)
+    for folder in ("text_encoders", "vae", "kept"):
+        (tmp_path / folder).mkdir()
+    (models / "qwen_3_4b.safetensors").rename(tmp_path / "text_encoders" / "qwen_3_4b.safetensors")
+    (models / "ae.safetensors").rename(tmp_path / "kept" / "ae.safetensors")
+    with pytest.raises(UserError) as error:
+        load_model(single)
+    assert "ae.safetensors" in error.value.message and str(tmp_path / "vae") in error.value.message
+    assert "qwen_3_4b" not in error.value.message and error.value.field == "model"
+    (tmp_path / "text_encoders" / "qwen_3_4b.safetensors").rename(tmp_path / "kept" / "qwen_3_4b.safetensors")
+    with pytest.raises(UserError) as error:
+        load_model(single)
+    assert all(part in error.value.message for part in (
+        "qwen_3_4b.safetensors", str(tmp_path / "text_encoders"), "ae.safetensors", str(tmp_path / "vae")))
+    (tmp_path / "kept" / "qwen_3_4b.safetensors").rename(tmp_path / "text_encoders" / "qwen_3_4b.safetensors")
+    (tmp_path / "kept" / "ae.safetensors").rename(tmp_path / "vae" / "ae.safetensors")
+    _same_model(load_model(single), zimage)
+
+
+def test_an_all_in_one_file_loads(tmp_path, single, zimage):
+    """Transformer, text encoder and VAE in one file, under ComfyUI's checkpoint prefixes."""
+    parts = {"model.diffusion_model.": single, "text_encoders.qwen3_4b.transformer.": single.with_name(
+        "qwen_3_4b.safetensors"), "vae.": single.with_name("ae.safetensors")}
+    state = {prefix + key: value for prefix, file in parts.items() for key, value in read_checkpoint(file).items()}
+    save_file(state, str(tmp_path / "z_image_aio.safetensors"))
+    (tmp_path / "z_image_aio.tokenizer").symlink_to(single.with_name(single.stem + ".tokenizer"))
+    _same_model(load_model(tmp_path / "z_image_aio.safetensors"), zimage)
+
+
+def test_lora_trained_on_the_single_file_loads_in_diffusers(single, tmp_path):
+    write_demo_images(tmp_path / "images")
+    size = 64
+    config = TrainConfig(
+        model=str(single), lora_data_directory=str(tmp_path / "images"), network_rank=4, network_alpha=4,
+        train_iterations=2, train_batch_size=2, train_learning_rate=1e-2, image_size=[size, size],
+        image_buckets_step=size, image_min_length=size, train_model_precision="fp32", save_precision="fp32",
+        train_seed=3, save_lora_name="zimage_single_lora",
+    )
+    result = run_job(config, output_dir=tmp_path / "out")
+    assert load_lora(result.path)[1]["ss_base_model_version"] == "zimage"
+    base = load_model(single)
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    AdapterNetwork(ours, _spec(rank=4, alpha=4)).apply().resume_from(result.path)
+    _pipeline(theirs).load_lora_weights(str(result.path))
+    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cond = encode_prompts(base, ["a photo of a cat", "dog"])
+        sigmas = torch.tensor([0.6, 0.3])
+        expected = transformer_predict(ours, noisy, sigmas, cond)
+        got = transformer_predict(theirs, noisy, sigmas, cond)
+        untouched = transformer_predict(base, noisy, sigmas, cond)
+    assert (expected - untouched).abs().max() > 1e-4  # the trained adapter changes the output
+    assert (expected - got).abs().max() <= 1e-4

@@ -59,14 +59,9 @@ def tensor_shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...
 def checkpoint_family(path: Path, shapes: Shapes) -> Family:
     """The family of a text-to-image checkpoint; any other kind of file is refused, saying what it is."""
     _refuse_lora(path, shapes)
-    if is_flux_checkpoint(shapes):  # its text encoders and VAE may be separate files (models/flux_loading.py)
-        return Family.FLUX
-    if is_sd3_checkpoint(shapes):  # before the LDM checks: it shares the UNet's model.diffusion_model. prefix
-        return Family.SD3
-    if is_zimage_checkpoint(shapes):  # loading its single file (and finding its companions) is not built yet
-        raise UserError(f"{path}: a Z-Image transformer file; TrainTrain reads Z-Image as a diffusers folder only",
-                        "give the model's diffusers folder (ZImagePipeline: transformer, vae, text_encoder, "
-                        "tokenizer), for example Tongyi-MAI/Z-Image-Turbo as downloaded", field="model")
+    transformer_family = transformer_file_family(shapes)  # before the LDM checks: SD3 shares the UNet's prefix
+    if transformer_family is not None:  # its text encoders and VAE may be separate files (models/*_loading.py)
+        return transformer_family
     has_unet = any(key.startswith(UNET_PREFIX) for key in shapes)
     if not has_unet and not any(key.startswith(TEXT_ENCODER_ROOTS) for key in shapes):
         raise _not_a_model(path, shapes)
@@ -78,6 +73,13 @@ def checkpoint_family(path: Path, shapes: Shapes) -> Family:
     if family is None:
         raise _not_a_model(path, shapes)
     return family
+
+
+def transformer_file_family(shapes: Shapes) -> Family | None:
+    """Flux, SD3 or Z-Image when the file holds that transformer in its reference layout; None otherwise."""
+    detectors = ((Family.FLUX, is_flux_checkpoint), (Family.SD3, is_sd3_checkpoint),
+                 (Family.ZIMAGE, is_zimage_checkpoint))
+    return next((family for family, holds in detectors if holds(shapes)), None)
 
 
 def _refuse_lora(path: Path, shapes: Shapes) -> None:

@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from traintrain.errors import UserError
 from traintrain.models.checkpoint_kinds import checkpoint_family, choose_unet_weights, no_ema_weights, tensor_shapes
 from traintrain.models.components import ModelComponents
-from traintrain.models.families import TRANSFORMER_FAMILIES, Family, is_flux_checkpoint, is_sd3_checkpoint
+from traintrain.models.families import TRANSFORMER_FAMILIES, Family
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
 from traintrain.models.prediction import PredictionChoice, choose_prediction, declared_prediction
 from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
@@ -78,6 +78,7 @@ def load_model(path, *, tokenizer_dir=None, v_prediction: bool | None = None, dt
 def _transformer_family(path: Path) -> Family | None:
     """Flux, SD3 or Z-Image, from the pipeline a folder names or the keys of a single file; None for the UNet
     families."""
+    from traintrain.models.checkpoint_kinds import transformer_file_family
     from traintrain.models.flux_loading import is_flux_folder
     from traintrain.models.sd3_loading import is_sd3_folder
     from traintrain.models.zimage_loading import is_zimage_folder
@@ -87,7 +88,7 @@ def _transformer_family(path: Path) -> Family | None:
             return Family.ZIMAGE
         return Family.FLUX if is_flux_folder(path) else Family.SD3 if is_sd3_folder(path) else None
     shapes = _safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else {}
-    return Family.FLUX if is_flux_checkpoint(shapes) else Family.SD3 if is_sd3_checkpoint(shapes) else None
+    return transformer_file_family(shapes)
 
 
 def _load_transformer_family(family: Family, path: Path, tokenizer_dir, report: Reporter,
@@ -98,9 +99,9 @@ def _load_transformer_family(family: Family, path: Path, tokenizer_dir, report: 
     if use_ema:  # Flux, SD3 and Z-Image files hold one set of transformer weights
         raise no_ema_weights(path)
     if family is Family.ZIMAGE:
-        from traintrain.models.zimage_loading import load_zimage_folder
+        from traintrain.models.zimage_loading import load_zimage
 
-        return load_zimage_folder(path, tokenizer_dir, report)
+        return load_zimage(path, tokenizer_dir, report)
     if family is Family.SD3:
         return (load_sd3_folder if path.is_dir() else load_sd3_single_file)(path, tokenizer_dir, report)
     return (load_flux_folder if path.is_dir() else load_flux_single_file)(path, tokenizer_dir, report)
@@ -170,17 +171,13 @@ def read_weight_shapes(path) -> WeightShapes:
     else:
         shapes = {key: tuple(value.shape) for key, value in _torch_load(path, mmap=True).items()}
     family = checkpoint_family(path, shapes)
-    if family is Family.FLUX:  # its text encoders are separate files; a LoRA trains the transformer only
-        from traintrain.models.flux_loading import TRANSFORMER_ROOTS
-
-        transformer = [shape for key, shape in shapes.items()
-                       if key.removeprefix(UNET_PREFIX).startswith(TRANSFORMER_ROOTS)]
-        return WeightShapes(family, transformer, [])
-    if family is Family.SD3:  # the MMDiT; a LoRA trains the transformer only
+    if family in TRANSFORMER_FAMILIES:  # text encoders and VAE may be separate files; a LoRA trains the transformer
+        from traintrain.models.flux_loading import TRANSFORMER_ROOTS as FLUX_ROOTS
         from traintrain.models.sd3_loading import TRANSFORMER_ROOTS as SD3_ROOTS
+        from traintrain.models.zimage_keys import TRANSFORMER_ROOTS as ZIMAGE_ROOTS
 
-        transformer = [shape for key, shape in shapes.items()
-                       if key.removeprefix(UNET_PREFIX).startswith(SD3_ROOTS)]
+        roots = {Family.FLUX: FLUX_ROOTS, Family.SD3: SD3_ROOTS, Family.ZIMAGE: ZIMAGE_ROOTS}[family]
+        transformer = [shape for key, shape in shapes.items() if key.removeprefix(UNET_PREFIX).startswith(roots)]
         return WeightShapes(family, transformer, [])
     return WeightShapes(
         family,

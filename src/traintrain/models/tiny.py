@@ -151,11 +151,9 @@ def write_tiny_model(
         else:  # all-in-one, as sd3_medium_incl_clips_t5xxlfp16.safetensors
             write_sd3_single_file(components, out)
     elif family is Family.ZIMAGE:
-        from traintrain.models.zimage_tiny import write_zimage_diffusers
+        from traintrain.models.zimage_tiny import write_zimage_diffusers, write_zimage_single_file
 
-        if fmt != "diffusers":
-            raise UserError("a tiny Z-Image model is written as a diffusers folder only; use the diffusers format")
-        write_zimage_diffusers(components, out)
+        (write_zimage_diffusers if fmt == "diffusers" else write_zimage_single_file)(components, out)
     elif fmt == "single-file":
         with atomic_folder(tokenizer_folder) as tmp:  # first: the model's name appears only when it is usable
             _write_tokenizers(components, tmp)

@@ -1,5 +1,5 @@
 """Load a Z-Image model offline: a diffusers folder (ZImagePipeline: transformer, vae, Qwen3 text_encoder,
-Qwen2 tokenizer)."""
+Qwen2 tokenizer), or the reference single file with its companions (models/zimage_single_file.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from traintrain.models.components import ModelComponents
 from traintrain.models.discovery import pipeline_class
 from traintrain.models.families import Family
 from traintrain.models.loading import load_pretrained
+from traintrain.models.zimage_single_file import load_zimage_single_file
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
 from traintrain.training.events import Reporter, ignore
 
@@ -20,6 +21,10 @@ PIPELINE = "ZImagePipeline"
 
 def is_zimage_folder(path: Path) -> bool:
     return pipeline_class(path) == PIPELINE
+
+
+def load_zimage(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:
+    return (load_zimage_folder if path.is_dir() else load_zimage_single_file)(path, tokenizer_dir, report)
 
 
 def load_zimage_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:
