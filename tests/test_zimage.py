@@ -327,3 +327,13 @@ def test_lora_trained_on_the_single_file_loads_in_diffusers(single, tmp_path):
         untouched = transformer_predict(base, noisy, sigmas, cond)
     assert (expected - untouched).abs().max() > 1e-4  # the trained adapter changes the output
     assert (expected - got).abs().max() <= 1e-4
+
+
+def test_a_lumina2_file_is_not_taken_for_z_image(tmp_path):
+    """Lumina 2 shares Z-Image's key names but modulates through `adaLN_modulation.1`."""
+    names = ("layers.0.attention.qkv.weight", "cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight")
+    lumina = tmp_path / "lumina_2.safetensors"
+    save_file({key: torch.zeros(2, 2) for key in (*names, "layers.0.adaLN_modulation.1.weight")}, str(lumina))
+    with pytest.raises(UserError, match="not a Z-Image transformer.*Lumina 2") as error:
+        load_model(lumina)
+    assert error.value.field == "model"
