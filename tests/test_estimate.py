@@ -1,4 +1,5 @@
-"""The pre-flight estimate (training/estimate.py): a meta-device trace that matches a real one."""
+"""The pre-flight estimate (training/estimate.py): a meta-device trace that matches a real one, on the UNet and on
+the SD3 and Z-Image transformers (Flux's: tests/test_flux_modes.py)."""
 
 import pytest
 import torch
@@ -6,8 +7,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from helpers import tiny_components
 from job_helpers import tiny_job
+from sample_images import write_demo_images
 from traintrain.config import ALL_BLOCK_IDS, TrainConfig
 from traintrain.jobs.runner import run_job
+from traintrain.models.encoding import encode_prompts
+from traintrain.models.families import Family
+from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.training import estimate
 from traintrain.training.events import Message
@@ -74,3 +79,58 @@ def test_the_job_reports_its_estimate(tmp_path, choice, shown):
             report=events.append)
     texts = [e.text for e in events if isinstance(e, Message)]
     assert any(t.startswith("estimate: peak") for t in texts) is shown
+
+
+def _real_transformer_inputs(components, batch: int, side: int) -> dict:
+    """A real step's transformer inputs as modes/flow_matching.py passes them (Z-Image's prompts at the padded
+    length, as the estimate assumes)."""
+    with torch.no_grad():
+        cond = encode_prompts(components, ["a red circle", "a blue square"][:batch])
+    latents = torch.randn(batch, 16, side, side)
+    if components.family is Family.SD3:
+        return dict(hidden_states=latents, timestep=torch.full((batch,), 500.0), encoder_hidden_states=cond.hidden,
+                    pooled_projections=cond.pooled)
+    return dict(x=list(latents.unsqueeze(2).unbind(0)), t=torch.full((batch,), 0.5), cap_feats=list(cond.hidden))
+
+
+@pytest.mark.parametrize("family", [Family.SD3, Family.ZIMAGE])
+def test_the_meta_trace_keeps_what_a_real_transformer_step_keeps(family):
+    components = build_tiny_components(family)
+    for part in (components.transformer, components.vae, *components.text_encoders):
+        part.requires_grad_(False)
+    meta, _, _ = estimate._meta_denoiser(components, SPEC, torch.float32, checkpointing=False)
+    meta_bytes, meta_forward, meta_backward = estimate._trace_step(
+        meta, estimate._meta_inputs(components, meta, 2, 16, 16, torch.float32))
+    AdapterNetwork(components, SPEC).apply()
+    with sdpa_kernel(SDPBackend.MATH):  # the CPU's flash kernel is not counted by torch's FLOP counter
+        real_bytes, real_forward, real_backward = estimate._trace_step(
+            components.transformer, _real_transformer_inputs(components, 2, 16))
+    assert meta_bytes == pytest.approx(real_bytes, rel=0.10)
+    assert (meta_forward, meta_backward) == pytest.approx((real_forward, real_backward), rel=0.02)
+    assert meta_backward > meta_forward > 0
+
+
+@pytest.mark.parametrize("family", [Family.SD3, Family.ZIMAGE])
+def test_sd3_and_zimage_runs_are_estimated(family):
+    components = build_tiny_components(family)
+    one, two = (run_estimate(components, train_batch_size=batch) for batch in (1, 2))
+    assert two.activations == pytest.approx(2 * one.activations, rel=0.1) and one.seconds_per_step > 0
+    checkpointed = run_estimate(components, train_batch_size=2, use_gradient_checkpointing=True)
+    assert checkpointed.activations < 0.5 * two.activations
+
+
+@pytest.mark.parametrize("family, model, name", [("sd3", "single-file", "sd3-tiny.safetensors"),
+                                                ("zimage", "diffusers", "zimage-tiny")])
+def test_sd3_and_zimage_jobs_report_their_estimate(tmp_path, family, model, name):
+    path = write_tiny_model(family, model, tmp_path / name)
+    write_demo_images(tmp_path / "images")
+    config = TrainConfig(
+        model=str(path), lora_data_directory=str(tmp_path / "images"), network_rank=2, network_alpha=2,
+        train_iterations=1, train_batch_size=1, image_size=[64, 64], image_buckets_step=64, image_min_length=64,
+        train_model_precision="fp32", save_precision="fp32", train_estimate=True,
+    )
+    events = []
+    run_job(config, output_dir=tmp_path / "out", report=events.append)
+    messages = [e for e in events if isinstance(e, Message)]
+    assert any(m.text.startswith("estimate: peak") for m in messages)
+    assert not any("estimate" in m.text for m in messages if m.level == "warning")

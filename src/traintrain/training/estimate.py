@@ -1,8 +1,8 @@
 """Pre-flight estimate of a run's peak memory and seconds per step, before the first step.
 
-Not a table of rules of thumb: the job's own denoiser architecture (the UNet, or Flux's transformer) is
-rebuilt on PyTorch's meta device (shapes without data, so it costs no memory and a few seconds even at
-SDXL or Flux size), the adapter is applied to it, and one training step at the run's batch, resolution
+Not a table of rules of thumb: the job's own denoiser architecture (the UNet, or the Flux, SD3 or Z-Image
+transformer) is rebuilt on PyTorch's meta device (shapes without data, so it costs no memory and a few
+seconds even at SDXL or Flux size), the adapter is applied to it, and one training step at the run's batch, resolution
 and precision is traced:
 the tensors autograd keeps for the backward pass are the activation memory, and
 `torch.utils.flop_counter` gives the step's floating-point operations. Attention is counted as the
@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from traintrain.choices import Optimizer
 from traintrain.models.families import SD_FAMILIES, Family
+from traintrain.models.tokenizers import MAX_LENGTH
 from traintrain.training.events import Message, Reporter
 
 GIB = 2**30
@@ -190,10 +191,27 @@ def _meta_inputs(components, denoiser, batch: int, height: int, width: int, dtyp
             "encoder_hidden_states": empty(batch, text, config.joint_attention_dim),
             "txt_ids": empty(text, 3), "img_ids": empty(tokens, 3),
         }
+    if components.family is Family.SD3:  # CLIP's 77 tokens, then T5's (or 77 zeros without T5)
+        from traintrain.models.sd3_text import t5_length
+
+        text = MAX_LENGTH + (t5_length(components.tokenizers[2]) if len(components.tokenizers) > 2 else MAX_LENGTH)
+        return {
+            "hidden_states": empty(batch, config.in_channels, height, width), "timestep": empty(batch),
+            "encoder_hidden_states": empty(batch, text, config.joint_attention_dim),
+            "pooled_projections": empty(batch, config.pooled_projection_dim),
+        }
+    if components.family is Family.ZIMAGE:  # a prompt at the padded length: its real tokens are at most that
+        from traintrain.models.zimage_text import sequence_length
+
+        text = sequence_length(components.tokenizers[0])
+        return {
+            "x": [empty(config.in_channels, 1, height, width) for _ in range(batch)], "t": empty(batch),
+            "cap_feats": [empty(text, config.cap_feat_dim) for _ in range(batch)],
+        }
     inputs: dict = {
         "sample": empty(batch, config.in_channels, height, width),
         "timestep": empty(batch, kind=torch.long),
-        "encoder_hidden_states": empty(batch, 77, config.cross_attention_dim),
+        "encoder_hidden_states": empty(batch, MAX_LENGTH, config.cross_attention_dim),
     }
     if components.family == Family.SDXL:
         inputs["added_cond_kwargs"] = {"text_embeds": empty(batch, 1280), "time_ids": empty(batch, 6)}
@@ -218,6 +236,8 @@ def _trace_step(denoiser, inputs: dict) -> tuple[int, float, float]:
     with _fused_attention(), FlopCounterMode(display=False) as counter:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             output = denoiser(**inputs).sample
+        if isinstance(output, list):  # Z-Image: one latent per sample
+            output = torch.stack(output)
         forward = counter.get_total_flops()
         output.float().square().mean().backward()
         total = counter.get_total_flops()
