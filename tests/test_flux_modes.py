@@ -1,8 +1,8 @@
 """The transformer families beyond LoRA mode (issue 16): iLECO, Difference (copy machine), ADDifT and
 Multi-ADDifT train on the flow-matching objective on Flux.1, and through the same per-family objective
-on SD3 and Z-Image; previews render through FluxPipeline; the pre-flight estimate traces the
-transformer. Every job runs on a tiny random model (Flux and SD3 single files, a Z-Image folder) at
-64 px."""
+on SD3 and Z-Image; every mode gives Flux.1-dev the train_flux_guidance setting; previews render through
+FluxPipeline; the pre-flight estimate traces the transformer. Every job runs on a tiny random model (Flux and
+SD3 single files, a Z-Image folder) at 64 px."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from traintrain.models.loading import load_model
 from traintrain.modes.common import prompt_only_spec
 from traintrain.modes.flow_matching import pack, transformer_predict
 from traintrain.modes.ileco import ileco_latent
-from traintrain.modes.objective import predict
+from traintrain.modes.objective import image_step_loss, predict
 from traintrain.modes.previews import MULTIPLIERS
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
@@ -95,9 +95,9 @@ def held_out_distances(config, path) -> tuple[float, float]:
             for t in (150, 400, 650, 900):
                 timesteps = torch.full((4,), t)
                 network.set_enabled(False)
-                wanted = predict(components, latents, timesteps, target)
+                wanted = predict(components, latents, timesteps, target, config)
                 network.set_enabled(with_adapter)
-                total += torch.mean((predict(components, latents, timesteps, original) - wanted) ** 2).item()
+                total += torch.mean((predict(components, latents, timesteps, original, config) - wanted) ** 2).item()
         return total / 4
 
     return distance(False), distance(True)
@@ -227,3 +227,52 @@ def test_an_8bit_base_holds_flux_and_trains(precision):
     loss = flow_matching_step_loss(components, latents, cond8, config, torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in network.parameters())
+
+
+@pytest.fixture
+def guidance_seen(monkeypatch) -> list:
+    """The guidance input of every Flux transformer call (None when it has none); previews, which pass their own
+    guidance scale, are not rendered."""
+    from diffusers import FluxTransformer2DModel
+
+    import traintrain.jobs.runner as runner
+
+    seen: list = []
+    original = FluxTransformer2DModel.forward
+
+    def recording(self, *args, **kwargs):
+        guidance = kwargs.get("guidance")
+        seen.append(None if guidance is None else sorted(set(guidance.tolist())))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxTransformer2DModel, "forward", recording)
+    monkeypatch.setattr(runner, "render_previews", lambda *args, **kwargs: None)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["LoRA", "iLECO", "Difference", "ADDifT"])
+def test_every_flux_mode_gives_the_transformer_the_guidance_setting(root, tmp_path, guidance_seen, mode):
+    config = flux_job(root, mode=mode, train_iterations=1, train_flux_guidance=3.5, save_lora_name="guided",
+                      lora_data_directory=str(root / "pairs"), **FIXED_BATCH)
+    run_job(config, output_dir=tmp_path)
+    assert guidance_seen and all(values == [3.5] for values in guidance_seen), guidance_seen
+
+
+def test_a_model_without_guidance_input_ignores_the_setting(guidance_seen):
+    """Flux.1-schnell has no guidance embedder: the setting changes nothing there."""
+    from diffusers import FluxTransformer2DModel
+
+    from traintrain.models.tiny import build_tiny_components
+
+    components = build_tiny_components(Family.FLUX)
+    schnell = dict(components.transformer.config) | {"guidance_embeds": False}
+    components.denoiser = FluxTransformer2DModel.from_config(schnell)
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cond = encode_prompts(components, ["a red circle"])
+        losses = [image_step_loss(components, None, latents, cond, TrainConfig(train_flux_guidance=guidance),
+                                  torch.Generator().manual_seed(0)) for guidance in (1.0, 3.5)]
+        predictions = [predict(components, latents, torch.tensor([500]), cond,
+                               TrainConfig(train_flux_guidance=guidance)) for guidance in (1.0, 3.5)]
+    assert guidance_seen == [None] * 4
+    assert torch.equal(losses[0], losses[1]) and torch.equal(predictions[0], predictions[1])

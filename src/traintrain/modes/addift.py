@@ -74,12 +74,13 @@ def addift_loss_fn(components, network, config, run, batches: BucketBatches, con
             network.set_enabled(False)
             reference = predict(
                 components, add_noise(components, scheduler, reference_latent, noise, timesteps), timesteps,
-                reference_cond,
+                reference_cond, config,
             )
             network.set_enabled(True)
         network.set_multiplier(FORWARD_MULTIPLIER if forward else -FORWARD_MULTIPLIER * abs(config.diff_alt_ratio))
         prediction = predict(
-            components, add_noise(components, scheduler, adapted_latent, noise, timesteps), timesteps, adapted_cond
+            components, add_noise(components, scheduler, adapted_latent, noise, timesteps), timesteps, adapted_cond,
+            config,
         )
         network.set_multiplier(1.0)
         mask = None

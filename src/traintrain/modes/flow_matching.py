@@ -5,7 +5,7 @@ x_t = (1 - sigma) * x0 + sigma * noise and the model predicts the flow, noise - 
 usual timestep draw t ~ U[min_t, max_t) of 1000, shifted as Flux samples (`time_shift` with mu growing
 linearly in the number of image tokens, 0.5 at 256 to 1.15 at 4096: larger images get noisier
 timesteps). The transformer sees latents packed 2x2 into tokens, image/text position ids, T5 states,
-CLIP's pooled vector and, for guidance-distilled models (dev), the guidance value.
+CLIP's pooled vector and, for guidance-distilled models (dev), the guidance value (train_flux_guidance).
 
 SD3 shifts every resolution alike, sigma = s * t' / (1 + (s - 1) * t') with its scheduler's shift s = 3.0,
 and its transformer takes the [B, 16, H, W] latents as they are (it patches them itself), the timestep
@@ -24,6 +24,7 @@ import math
 import torch
 from diffusers import FluxPipeline
 
+from traintrain.config import TrainConfig
 from traintrain.models.encoding import Conditioning
 from traintrain.models.families import Family
 from traintrain.models.zimage_text import prompt_states
@@ -32,7 +33,6 @@ from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.loss import ELEMENTWISE
 from traintrain.training.transfer import to_device
 
-TRAIN_GUIDANCE = 1.0  # the guidance input while training a guidance-distilled (dev) model
 BASE_SEQUENCE, MAX_SEQUENCE = 256, 4096  # FluxPipeline's (base_image_seq_len, max_image_seq_len) ...
 BASE_SHIFT, MAX_SHIFT = 0.5, 1.15  # ... and the shifts mu takes there
 TIMESTEPS = 1000
@@ -96,9 +96,10 @@ def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def transformer_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditioning: Conditioning,
-                        guidance: float = TRAIN_GUIDANCE) -> torch.Tensor:
+                        guidance: float = TrainConfig.train_flux_guidance) -> torch.Tensor:
     """The transformer's flow prediction for noisy [B, 16, H, W] latents at noise levels `sigmas`, in the same
-    shape, as the family's pipeline runs it (`guidance`: Flux's guidance input)."""
+    shape, as the family's pipeline runs it (`guidance`: a guidance-distilled Flux's guidance input, the run's
+    train_flux_guidance; the default is that setting's)."""
     if components.family is Family.SD3:
         return sd3_predict(components, noisy, sigmas, conditioning)
     if components.family is Family.ZIMAGE:
@@ -137,8 +138,9 @@ def _place(model) -> tuple[torch.device, torch.dtype]:
 
 
 def flux_predict(components, noisy: torch.Tensor, sigmas: torch.Tensor, conditioning: Conditioning,
-                 guidance: float = TRAIN_GUIDANCE) -> torch.Tensor:
-    """Flux's transformer on packed latents with image/text position ids and, for dev, the guidance input."""
+                 guidance: float) -> torch.Tensor:
+    """Flux's transformer on packed latents with image/text position ids and, for dev, the guidance input
+    (schnell has none and ignores `guidance`)."""
     transformer = components.transformer
     parameter = next(transformer.parameters())
     device, dtype = parameter.device, parameter.dtype
@@ -177,7 +179,7 @@ def flow_matching_step_loss(components, latents: torch.Tensor, conditioning: Con
     target = noise - x0
     shard = processes.shard
     noisy, target, sigmas, mask = shard(noisy), shard(target), shard(sigmas), shard(mask)
-    prediction = transformer_predict(components, noisy, sigmas, conditioning.map(shard))
+    prediction = transformer_predict(components, noisy, sigmas, conditioning.map(shard), config.train_flux_guidance)
     error = ELEMENTWISE[config.train_loss_function](prediction.float(), to_device(target, prediction.device).float(),
                                                     reduction="none")
     if mask is not None:

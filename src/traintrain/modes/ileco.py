@@ -92,9 +92,9 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
             adapted_b = repeat_conditioning(encode_prompts(components, [config.original_prompt]), len(timesteps))
         with torch.no_grad():
             network.set_enabled(False)
-            wanted = predict(components, latent, timesteps, target_b)
+            wanted = predict(components, latent, timesteps, target_b, config)
             network.set_enabled(True)
-        prediction = predict(components, latent, timesteps, adapted_b)
+        prediction = predict(components, latent, timesteps, adapted_b, config)
         loss = prediction_loss(components, scheduler, prediction, wanted, timesteps, config)
         return run.processes.weigh(loss, batch)
 

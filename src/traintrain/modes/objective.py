@@ -24,11 +24,12 @@ from traintrain.training.loss import denoising_loss
 from traintrain.training.transfer import to_device
 
 
-def predict(components, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning) -> torch.Tensor:
+def predict(components, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning, config) -> torch.Tensor:
     """The denoiser's output for noisy latents at integer timesteps: the UNet's epsilon (or v), or the
-    transformer's flow (noise - x0) at the timesteps' sigmas."""
+    transformer's flow (noise - x0) at the timesteps' sigmas (Flux.1-dev given config.train_flux_guidance)."""
     if components.spec.flow_matching:
-        return transformer_predict(components, noisy, flow_sigmas(components, timesteps, noisy), conditioning)
+        sigmas = flow_sigmas(components, timesteps, noisy)
+        return transformer_predict(components, noisy, sigmas, conditioning, config.train_flux_guidance)
     return unet_predict(components, noisy, timesteps, conditioning)
 
 
