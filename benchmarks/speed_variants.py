@@ -56,6 +56,7 @@ class Measurement:
     seconds_per_step: float
     peak_mb: float
     setup_s: float = 0.0  # from the variant's start to its first step: loading, and the trainer's preparation
+    warmup_s: float = 0.0  # the untimed warm-up steps (with train_compile: the compiles are there)
     after_s: float = 0.0  # from the last step to the end: the trainer's saves and previews
 
 
@@ -94,18 +95,19 @@ def measure(step: Callable[[], None], case: Case, device: torch.device, started:
     for _ in range(case.warmup):
         step()
     reset_peak(device)  # on a GPU also waits for the warm-up to finish
+    warmup = time.perf_counter() - started - setup
     if device.type == "cuda":
         start = time.perf_counter()
         for _ in range(case.steps):
             step()
         torch.cuda.synchronize()
-        return Measurement((time.perf_counter() - start) / case.steps, peak_mb(device), setup)
+        return Measurement((time.perf_counter() - start) / case.steps, peak_mb(device), setup, warmup)
     times = []
     for _ in range(case.steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return Measurement(statistics.median(times), peak_mb(device), setup)
+    return Measurement(statistics.median(times), peak_mb(device), setup, warmup)
 
 
 # ------------------------------------------------------------------ model and data, written once per run
@@ -158,8 +160,10 @@ def write_images(folder: Path, pixels: int) -> list[Path]:
 # ------------------------------------------------------------------ (b) the trainer
 
 
-def trainer_config(case: Case, mode: str, model: Path, images: Path, dtype: torch.dtype) -> TrainConfig:
-    """The job: same network, rank, precision, batch and resolution as the floor; warm-up + timed steps."""
+def trainer_config(case: Case, mode: str, model: Path, images: Path, dtype: torch.dtype,
+                   compiled: bool = False) -> TrainConfig:
+    """The job: same network, rank, precision, batch and resolution as the floor; warm-up + timed steps.
+    `compiled`: with train_compile (the compiled variant)."""
     precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     iterations = case.warmup + case.steps
     settings = dict(
@@ -171,6 +175,7 @@ def trainer_config(case: Case, mode: str, model: Path, images: Path, dtype: torc
         save_lora_name=f"bench_{mode}", save_overwrite=True, use_gradient_checkpointing=case.checkpointing,
         train_sync_every=0,  # the default: every step on the CPU, every 10 (or 2 s) on a GPU
         preview_sampling_steps=1,  # iLECO always renders previews after training; not timed, kept short
+        train_compile=compiled,
     )
     if mode == "LoRA":
         settings |= dict(lora_data_directory=str(images))
@@ -192,6 +197,7 @@ class ProgressTimer:
         self.peak: float | None = None
         self.created = time.perf_counter()
         self.phase_started = self.last_step_at = 0.0
+        self.warmup_s = 0.0  # the phase's start to its last warm-up step
 
     def __call__(self, event: Event) -> None:
         if not isinstance(event, Progress) or event.phase != self.phase:
@@ -201,6 +207,8 @@ class ProgressTimer:
         if not self.events:
             self.phase_started = time.perf_counter() - event.elapsed
         self.events.append(event)
+        if event.step == self.warmup:
+            self.warmup_s = event.elapsed
         if event.step == event.total:
             self.peak = peak_mb(self.device)
             self.last_step_at = time.perf_counter()
@@ -237,16 +245,17 @@ def timed_span(events: list[Progress], warmup: int) -> tuple[Progress, Progress]
     return starts[0], events[-1]
 
 
-def trainer_measurement(case: Case, mode: str, model: Path, images: Path, workdir: Path) -> Measurement:
+def trainer_measurement(case: Case, mode: str, model: Path, images: Path, workdir: Path,
+                        compiled: bool = False) -> Measurement:
     from traintrain.jobs.runner import run_job
 
     device, dtype = device_and_dtype()
     timer = ProgressTimer(PHASES[mode], case.warmup, device)
-    run_job(trainer_config(case, mode, model, images, dtype), output_dir=workdir, report=timer)
+    run_job(trainer_config(case, mode, model, images, dtype, compiled), output_dir=workdir, report=timer)
     if timer.peak is None:
         raise RuntimeError(f"no progress of phase {PHASES[mode]}")
     return Measurement(timer.seconds_per_step(), timer.peak, timer.phase_started - timer.created,
-                       time.perf_counter() - timer.last_step_at)
+                       timer.warmup_s, time.perf_counter() - timer.last_step_at)
 
 
 # ------------------------------------------------------------------ (a) the floors
@@ -461,8 +470,8 @@ def reference_measurement(case: Case, model: Path, images: Path) -> Measurement:
 
 def run_variant(case: Case, mode: str, variant: str, model: Path, images: Path, workdir: Path) -> Measurement:
     """One variant, in this process."""
-    if variant == "trainer":
-        return trainer_measurement(case, mode, model, images, workdir)
+    if variant in ("trainer", "compiled"):
+        return trainer_measurement(case, mode, model, images, workdir, compiled=variant == "compiled")
     if variant == "floor":
         return floor_measurement(case, mode, model)
     if variant == "reference" and mode == "LoRA":

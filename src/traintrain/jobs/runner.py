@@ -89,7 +89,7 @@ def run_job(config: TrainConfig, *, output_dir: Path = Path("output"), tokenizer
     lora_dtype = resolve_dtype(config.train_lora_precision, device, "train_lora_precision", report)
     vae_dtype = resolve_dtype(config.train_vae_precision, device, "train_vae_precision", report)
     freeze_model(components, device, model_dtype, config.use_gradient_checkpointing, vae_dtype,
-                 weights=config.train_model_precision, report=report)
+                 weights=config.train_model_precision, report=report, compiled=config.train_compile)
 
     seed = resume["job"]["seed"] if resume else processes.agree(choose_seed(config.train_seed))
     torch.manual_seed(seed)

@@ -25,16 +25,33 @@ class AdapterModule(nn.Module, abc.ABC):
     # Tensors that each get sqrt(network_strength) when saving, so the whole update scales by it.
     strength_tensors: tuple[str, ...] = ()
     alpha: torch.Tensor  # a buffer each algorithm registers (the saved `alpha`)
+    multiplier_tensor: torch.Tensor  # a buffer: the multiplier under torch.compile
 
     def __init__(self, lora_name: str, org_module: nn.Linear | nn.Conv2d):
         super().__init__()
         if not isinstance(org_module, (nn.Linear, nn.Conv2d)):
             raise TypeError(f"adapters apply to Linear and Conv2d, not {type(org_module).__name__}")
         self.lora_name = lora_name
+        # The multiplier as a tensor too: under torch.compile (training/compile.py) a Python number would
+        # be baked into the graph and each new value would compile again. Not saved; in the adapter's dtype.
+        self.register_buffer("multiplier_tensor", torch.ones(()), persistent=False)
         self.multiplier = 1.0
         self.enabled = True
         self.org_module = [org_module]  # a list keeps it out of this module's parameters
         self._org_forward: Callable[..., torch.Tensor] | None = None
+
+    @property
+    def multiplier(self) -> float:
+        return self._multiplier
+
+    @multiplier.setter
+    def multiplier(self, value: float) -> None:
+        self._multiplier = float(value)
+        self.multiplier_tensor.fill_(self._multiplier)
+
+    def applied_multiplier(self) -> float | torch.Tensor:
+        """The multiplier `delta` scales by: the number eagerly, the tensor while torch.compile traces."""
+        return self.multiplier_tensor if torch.compiler.is_compiling() else self._multiplier
 
     @property
     def is_conv(self) -> bool:
@@ -53,7 +70,7 @@ class AdapterModule(nn.Module, abc.ABC):
 
     def forward(self, x, *args, **kwargs):
         out = self._org_forward(x, *args, **kwargs)
-        if not self.enabled or self.multiplier == 0:
+        if not self.enabled or (not torch.compiler.is_compiling() and self._multiplier == 0):
             return out
         return out + self.delta(x).to(out.dtype)
 
@@ -87,7 +104,7 @@ class WeightDeltaModule(AdapterModule):
         """dW * alpha / rank in the layer's weight shape."""
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.delta_weight() * self.multiplier
+        weight = self.delta_weight() * self.applied_multiplier()
         x = x.to(weight.dtype)
         org = self.org_module[0]
         if isinstance(org, nn.Conv2d):  # self.is_conv, spelled so the type checker narrows `org`

@@ -53,7 +53,7 @@ class LoRAModule(AdapterModule):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         lora_dtype = self.lora_down.weight.dtype
-        return self.lora_up(self.lora_down(x.to(lora_dtype))) * (self.multiplier * self.scale)
+        return self.lora_up(self.lora_down(x.to(lora_dtype))) * (self.applied_multiplier() * self.scale)
 
     def load_saved_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         super().load_saved_tensors(tensors)

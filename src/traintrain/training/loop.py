@@ -29,6 +29,7 @@ import torch
 from traintrain.config import NanPolicy
 from traintrain.errors import NonFiniteLoss, TrainingStopped
 from traintrain.training.checkpoint import Checkpoints
+from traintrain.training.compile import compiled_calls
 from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.events import Message, Progress, Reporter
 from traintrain.training.optimizers import build_training_optimizer
@@ -170,7 +171,8 @@ def _accumulate_gradients(task: TrainingTask, step: int, micro_steps: int) -> to
     """
     losses = []
     for _ in range(micro_steps):
-        loss = task.compute_loss(step)
+        with compiled_calls():  # train_compile: the denoiser runs compiled here only (training/compile.py)
+            loss = task.compute_loss(step)
         (loss if micro_steps == 1 else loss / micro_steps).backward()
         losses.append(loss.detach())
     return losses[0] if micro_steps == 1 else torch.stack([value.double() for value in losses]).mean()

@@ -10,7 +10,8 @@ from diffusers import DDPMScheduler
 from traintrain.config import ModelPrecision, Precision
 from traintrain.models.families import NOISE_SCHEDULE
 from traintrain.models.quantize import WeightStorage, quantize_layers, tensor_bytes
-from traintrain.training.events import Message, Reporter
+from traintrain.training.compile import compile_denoiser
+from traintrain.training.events import Message, Reporter, ignore
 
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
@@ -44,12 +45,14 @@ def noise_scheduler(v_prediction: bool) -> DDPMScheduler:
 
 def freeze_model(components, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool,
                  vae_dtype: torch.dtype | None = None, *, weights: ModelPrecision | None = None,
-                 report: Reporter | None = None) -> None:
+                 report: Reporter | None = None, compiled: bool = False) -> None:
     """Frozen base weights in the model precision (the VAE in its own: fp16 VAEs can overflow).
 
     With `weights` int8 or fp8, the UNet's Linear and Conv2d layers and the text encoders' Linear
     layers are stored in 8 bits (models/quantize.py) and compute in `dtype`; the VAE, which only
     encodes the images once, stays in `vae_dtype`.
+    With `compiled` (train_compile) the denoiser's training passes run under torch.compile
+    (training/compile.py), or eagerly after a warning where that cannot work.
     """
     storage = WEIGHT_STORAGE.get(weights) if weights is not None else None
     for part in [components.denoiser, components.vae, *components.text_encoders]:
@@ -70,3 +73,5 @@ def freeze_model(components, device: torch.device, dtype: torch.dtype, gradient_
             enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
             enable()
             encoder.train()
+    if compiled:
+        compile_denoiser(components.denoiser, device, report or ignore)
