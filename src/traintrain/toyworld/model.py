@@ -184,8 +184,8 @@ def partial_caption(scene: Scene, rng: np.random.Generator, keep: float) -> str:
     return text
 
 
-def train_denoiser(components: ModelComponents, latents: torch.Tensor, scenes: list[Scene], recipe: Recipe,
-                   progress: Progress, steps: int | None = None) -> None:
+def train_denoiser(components: ModelComponents, latents: torch.Tensor | _EncodedOnDemand, scenes: list[Scene],
+                   recipe: Recipe, progress: Progress, steps: int | None = None) -> None:
     """UNet and text encoder on SD1's epsilon objective, captions dropped now and then, shortened
     other times."""
     steps = recipe.unet_steps if steps is None else steps
@@ -266,11 +266,29 @@ def replay_fingerprints(recipe: Recipe = RECIPE, vae: AutoencoderKL | None = Non
     found = {"vae": fingerprint(components.vae)}
     scenes = training_scenes(recipe)
     pictures = pictures_tensor(scenes, recipe.picture_size)
-    latents = encode_pool(vae if vae is not None else components.vae, pictures)
+    latents = _EncodedOnDemand(vae if vae is not None else components.vae, pictures)
     train_denoiser(components, latents, scenes, recipe, quiet, steps=recipe.fingerprint_steps)
     found["unet"] = fingerprint(components.unet)
     found["text_encoder"] = fingerprint(components.text_encoders[0])
     return found
+
+
+class _EncodedOnDemand:
+    """`encode_pool(vae, pictures)` for the few steps of a replay: each picture is encoded when a batch
+    first takes it (a few hundred of the pool's thousands), with the same VAE and scale."""
+
+    def __init__(self, vae: AutoencoderKL, pictures: torch.Tensor):
+        self.vae, self.pictures = vae, pictures
+        self.encoded: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.pictures)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        missing = sorted(set(indices.tolist()) - self.encoded.keys())
+        if missing:
+            self.encoded |= dict(zip(missing, encode_pool(self.vae, self.pictures[missing]), strict=True))
+        return torch.stack([self.encoded[index] for index in indices.tolist()])
 
 
 def recipe_record(recipe: Recipe, files: dict[str, Path], fingerprints: dict[str, float], **measured) -> dict:
