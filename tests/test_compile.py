@@ -112,9 +112,10 @@ def test_a_compile_that_fails_at_the_first_step_falls_back_to_eager_once(monkeyp
 @pytest.mark.slow
 def test_a_compiled_lora_job_trains_and_saves_as_the_eager_one(tmp_path):
     """Inductor fuses and reorders fp32 arithmetic (sums in another order), so its forward differs from
-    eager by float rounding (about 1e-6 relative); over four AdamW steps that stays far below 1e-4 of the
-    loss. AdamW's first steps move a weight by about lr whatever its gradient's size, so a weight whose
-    gradient is near zero may move differently: the saved values agree within lr / 10."""
+    eager by float rounding (about 1e-6 relative); over four AdamW steps the losses stay within 1e-4.
+    AdamW moves a weight by about lr (1e-3) per step whatever its gradient's size, so a weight whose
+    gradient is near zero (rounding decides its sign) may move the other way, 2 lr apart. Measured on
+    the saved values: median difference 5e-7, 99 % within 2.3e-5, 0.7 % beyond 1e-4, the largest 2.2 lr."""
     eager_config = tiny_job(tmp_path, train_iterations=4)  # 8 pictures, one 64x64 bucket: one shape
     eager = run_job(eager_config, output_dir=tmp_path / "eager")
     events: list = []
@@ -125,8 +126,10 @@ def test_a_compiled_lora_job_trains_and_saves_as_the_eager_one(tmp_path):
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
     eager_file, compiled_file = load_file(eager.path), load_file(compiled.path)
     assert sorted(compiled_file) == sorted(eager_file)
-    for key, value in eager_file.items():
-        assert torch.allclose(compiled_file[key], value, atol=1e-4), key
+    differences = torch.cat([(compiled_file[key] - value).flatten() for key, value in eager_file.items()]).abs()
+    assert differences.median() < 1e-6
+    assert (differences > 1e-4).float().mean() < 0.02  # measured: 0.7 %, half of them near 2 lr
+    assert differences.max() <= 4 * eager_config.train_learning_rate  # measured: 2.2 lr
 
 
 @pytest.mark.slow
