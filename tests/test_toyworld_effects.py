@@ -18,6 +18,12 @@ pytestmark = pytest.mark.slow
 LORA_TRIGGER, LORA_ELSEWHERE = 0.8, 0.15
 ILECO_MOVED, ILECO_ELSEWHERE, ERASE_MOVED = 0.4, 0.2, 0.3
 SLIDER_MONOTONIC, SLIDER_SPAN, SLIDER_COLOUR_KEPT, COPIER_REPRODUCES = 0.7, 0.015, 0.85, 0.25
+# iLECO trains half the benchmark's 600 steps here (the same rate): measured with this file's settings
+# (repeats=1), training seed 7: red->blue 83 % moved, 11 % elsewhere; erase 56 %, 8 % (seed 8: 61 %, 17 %;
+# erase 50 %, 3 %).
+# Halving the other rows did not keep their margins (seed 7: LoRA at 300 steps 23 % elsewhere; ADDifT at 200
+# a span of 0.021; the Difference copier at 200 35 %), so they keep the benchmark's steps.
+ILECO_STEPS = 300
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +39,14 @@ def test_lora_teaches_magenta_under_its_trigger_and_leaves_other_prompts(toy, tm
 
 
 def test_ileco_red_to_blue_draws_blue_for_red_and_leaves_other_colours(toy, tmp_path):
-    numbers = effects.ileco(tmp_path, toy, repeats=1).numbers
+    numbers = effects.ileco(tmp_path, toy, repeats=1, steps=ILECO_STEPS).numbers
     assert numbers["before"] == 0.0
     assert numbers["moved"] >= ILECO_MOVED, numbers
     assert numbers["elsewhere_changed"] <= ILECO_ELSEWHERE, numbers
 
 
 def test_ileco_with_an_empty_target_erases_red(toy, tmp_path):
-    numbers = effects.ileco(tmp_path, toy, target=None, repeats=1).numbers
+    numbers = effects.ileco(tmp_path, toy, target=None, repeats=1, steps=ILECO_STEPS).numbers
     assert numbers["moved"] >= ERASE_MOVED, numbers
     assert numbers["elsewhere_changed"] <= ILECO_ELSEWHERE, numbers
 
