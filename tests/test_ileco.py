@@ -25,7 +25,9 @@ def ileco_config(model, target, **extra):
         mode="iLECO", model=str(model), original_prompt="a red circle", target_prompt=target,
         # Cross-attention only: on a random tiny model a Full network memorises the one training
         # latent instead of the prompt mapping (measured: held-out distance x6 instead of x0.2).
-        network_rank=4, network_alpha=8, train_iterations=120, train_learning_rate=5e-3, train_batch_size=2,
+        # 60 steps: the held-out distance falls to 8 % (replace) and 7 % (erase) of the bare model's (measured;
+        # 4 % and 3 % at 120), against the test's 50 %.
+        network_rank=4, network_alpha=8, train_iterations=60, train_learning_rate=5e-3, train_batch_size=2,
         network_element="CrossAttention",
         image_size=[64, 96], train_model_precision="fp32", save_precision="fp32", train_seed=3, save_lora_name="ileco",
     )
