@@ -109,13 +109,32 @@ def test_a_compile_that_fails_at_the_first_step_falls_back_to_eager_once(monkeyp
     assert "training eagerly" in warnings(events)[0]
 
 
+def test_inductor_trains_adapted_layers_as_eager():
+    """The real backend on a small adapted model (a cold inductor compile of the whole tiny UNet takes
+    about 4 minutes on 2 cores; the job test below runs the same wiring through aot_eager). Inductor fuses
+    and reorders fp32 arithmetic, so outputs and gradients differ from eager by rounding only."""
+    eager_model, eager_adapters = adapted_layers()
+    model, adapters = adapted_layers()
+    assert compile_denoiser(model, CPU, print)
+    x = torch.randn(4, 8)
+    with compiled_calls():
+        compiled = model(x)
+    eager = eager_model(x)
+    assert torch.allclose(compiled, eager, atol=1e-6)
+    compiled.square().sum().backward()
+    eager.square().sum().backward()
+    for ours, theirs in zip(adapters, eager_adapters):
+        for name, parameter in ours.named_parameters():
+            assert torch.allclose(parameter.grad, dict(theirs.named_parameters())[name].grad, atol=1e-5), name
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.slow
-def test_a_compiled_lora_job_trains_and_saves_as_the_eager_one(tmp_path):
-    """Inductor fuses and reorders fp32 arithmetic (sums in another order), so its forward differs from
-    eager by float rounding (about 1e-6 relative); over four AdamW steps the losses stay within 1e-4.
-    AdamW moves a weight by about lr (1e-3) per step whatever its gradient's size, so a weight whose
-    gradient is near zero (rounding decides its sign) may move the other way, 2 lr apart. Measured on
-    the saved values: median difference 5e-7, 99 % within 2.3e-5, 0.7 % beyond 1e-4, the largest 2.2 lr."""
+def test_a_compiled_lora_job_trains_and_saves_as_the_eager_one(tmp_path, monkeypatch):
+    """The whole job through the compiled path (one graph for its one bucket shape), with aot_eager as the
+    backend: it traces, partitions forward and backward and runs them as inductor's input would be, but
+    with eager kernels, so the losses and the saved file equal eager training's up to op decomposition."""
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
     eager_config = tiny_job(tmp_path, train_iterations=4)  # 8 pictures, one 64x64 bucket: one shape
     eager = run_job(eager_config, output_dir=tmp_path / "eager")
     events: list = []
@@ -123,13 +142,12 @@ def test_a_compiled_lora_job_trains_and_saves_as_the_eager_one(tmp_path):
                        report=events.append)
     assert not warnings(events)
     assert counters["stats"]["unique_graphs"] == 1
-    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-5)
     eager_file, compiled_file = load_file(eager.path), load_file(compiled.path)
     assert sorted(compiled_file) == sorted(eager_file)
     differences = torch.cat([(compiled_file[key] - value).flatten() for key, value in eager_file.items()]).abs()
     assert differences.median() < 1e-6
-    assert (differences > 1e-4).float().mean() < 0.02  # measured: 0.7 %, half of them near 2 lr
-    assert differences.max() <= 4 * eager_config.train_learning_rate  # measured: 2.2 lr
+    assert differences.max() <= 4 * eager_config.train_learning_rate  # AdamW: a near-zero gradient's sign
 
 
 @pytest.mark.slow
