@@ -26,7 +26,7 @@ from traintrain.models.loading import config_template, load_model, read_checkpoi
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.models.zimage_keys import diffusers_to_reference, transformer_config
 from traintrain.models.zimage_single_file import qwen3_encoder
-from traintrain.modes.flow_matching import ZIMAGE_SHIFT, flow_matching_step_loss, shifted_sigmas, transformer_predict
+from traintrain.modes.flow_matching import flow_matching_step_loss, transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 
@@ -100,14 +100,6 @@ def test_conditioning_matches_the_pipeline(zimage):
     assert ours.mask is not None and ours.pooled is None
     for index, states in enumerate(theirs):
         assert torch.equal(ours.hidden[index][ours.mask[index]], states)
-
-
-def test_sigmas_follow_the_scheduler_shift():
-    config = config_template(Family.ZIMAGE, "scheduler")
-    assert config["shift"] == ZIMAGE_SHIFT == 3.0 and not config["use_dynamic_shifting"]
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
-    timesteps = torch.tensor([0, 250, 999])
-    assert torch.allclose(shifted_sigmas(timesteps, ZIMAGE_SHIFT), scheduler.sigmas[999 - timesteps], atol=1e-6)
 
 
 def _config(**values) -> TrainConfig:

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from traintrain.choices import NoiseScheduler
 from traintrain.errors import UserError
 from traintrain.models.families import NOISE_SCHEDULE, Family
+from traintrain.models.flow_schedule import scheduler_config
 from traintrain.models.tokenizers import MAX_LENGTH
 from traintrain.models.zimage_text import zimage_class
 
@@ -69,12 +70,11 @@ def preview_scheduler(sampler: NoiseScheduler, v_prediction: bool):
     return getattr(diffusers, name).from_config(base.config, **options)
 
 
-def flow_scheduler(family: Family):
-    """The transformer families' own flow-matching Euler sampler, from their bundled scheduler config (Flux's
-    resolution-dependent shift, SD3's and Z-Image's fixed 3.0)."""
-    from traintrain.models.loading import config_template
-
-    return FlowMatchEulerDiscreteScheduler.from_config(config_template(family, "scheduler"))
+def flow_scheduler(components):
+    """The transformer families' flow-matching Euler sampler with the model's own schedule (its folder's
+    scheduler config, else its family's: FLUX.1-dev's resolution-dependent shift, schnell unshifted, SD3's
+    and Z-Image's fixed 3.0)."""
+    return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config(components))
 
 
 def _no_options(pipe) -> dict:
@@ -133,7 +133,7 @@ def pipeline_from_components(components, sampler: NoiseScheduler = NoiseSchedule
     family = components.family
     recipe = RECIPES[family]
     if components.spec.flow_matching:
-        scheduler = flow_scheduler(family)
+        scheduler = flow_scheduler(components)
     else:
         scheduler = preview_scheduler(sampler, components.v_prediction)
     texts: dict = {}

@@ -39,6 +39,7 @@ class ModelComponents:
     v_prediction: bool = False
     prediction: PredictionChoice | None = None  # how v_prediction was decided (declared by files, probed, set)
     source: str = ""  # path the model came from, for messages and metadata
+    scheduler_config: dict = field(default_factory=dict)  # a folder's own flow schedule (models/flow_schedule.py)
 
     @property
     def unet(self) -> UNet2DConditionModel:

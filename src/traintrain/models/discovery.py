@@ -110,3 +110,14 @@ def pipeline_class(folder: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return name if isinstance(name, str) else None
+
+
+def require_parts(folder: Path, family: str, pipeline: str, parts: tuple[str, ...], listed: str = "") -> None:
+    """A family's diffusers folder has each part's config.json; else one UserError names the first missing
+    part and the pipeline folder to give (`listed`: its parts as the message names them, default `parts`)."""
+    from traintrain.errors import UserError
+
+    for part in parts:
+        if not (folder / part / "config.json").is_file():
+            raise UserError(f"{folder}: {family} folder without {part}/config.json",
+                            f"give a complete {pipeline} folder ({listed or ', '.join(parts)})", field="model")

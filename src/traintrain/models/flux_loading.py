@@ -22,8 +22,9 @@ from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
 from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
-from traintrain.models.discovery import pipeline_class
+from traintrain.models.discovery import pipeline_class, require_parts
 from traintrain.models.families import Family
+from traintrain.models.flow_schedule import folder_scheduler_config
 from traintrain.models.flux_keys import bfl_to_diffusers, block_counts, strip_prefix
 from traintrain.models.flux_text import find_flux_tokenizers
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, VAE_PREFIX
@@ -75,17 +76,14 @@ def is_flux_folder(path: Path) -> bool:
 
 
 def load_flux_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:
-    for part in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        if not (path / part / "config.json").is_file():
-            raise UserError(f"{path}: Flux folder without {part}/config.json",
-                            "give a complete FluxPipeline folder (transformer, vae, text_encoder, text_encoder_2)",
-                            field="model")
+    require_parts(path, "Flux", "FluxPipeline", ("transformer", "vae", "text_encoder", "text_encoder_2"))
     transformer = load_pretrained(FluxTransformer2DModel, path, "transformer")
     vae = load_pretrained(AutoencoderKL, path, "vae")
     encoders = [load_pretrained(CLIPTextModel, path, "text_encoder"), load_pretrained(T5EncoderModel, path,
                                                                                       "text_encoder_2")]
     tokenizers = find_flux_tokenizers(path, tokenizer_dir, report)
-    return ModelComponents(Family.FLUX, transformer, vae, encoders, tokenizers, source=str(path))
+    return ModelComponents(Family.FLUX, transformer, vae, encoders, tokenizers, source=str(path),
+                           scheduler_config=folder_scheduler_config(path))
 
 
 # ---- single files -------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def _load_transformer_family(family: Family, path: Path, tokenizer_dir, report: 
 
 def config_template(family: Family, component: str) -> dict:
     """The bundled config JSON of a family's component (`unet`, `vae`, `text_encoder`, `scheduler`, ...)."""
-    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    name = "scheduler_config.json" if component.startswith("scheduler") else "config.json"
     return json.loads((CONFIG_ROOT / family.value / component / name).read_text())
 
 

@@ -24,8 +24,9 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5EncoderM
 
 from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
-from traintrain.models.discovery import pipeline_class
+from traintrain.models.discovery import pipeline_class, require_parts
 from traintrain.models.families import FLUX_PREFIXES, Family
+from traintrain.models.flow_schedule import folder_scheduler_config
 from traintrain.models.flux_loading import Companion, _t5, companion_file
 from traintrain.models.ldm_convert import VAE_PREFIX
 from traintrain.models.loading import (
@@ -62,11 +63,8 @@ def is_sd3_folder(path: Path) -> bool:
 
 
 def load_sd3_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:
-    for part in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        if not (path / part / "config.json").is_file():
-            raise UserError(f"{path}: SD3 folder without {part}/config.json",
-                            "give a complete StableDiffusion3Pipeline folder (transformer, vae, text_encoder, "
-                            "text_encoder_2, text_encoder_3)", field="model")
+    require_parts(path, "SD3", "StableDiffusion3Pipeline", ("transformer", "vae", "text_encoder", "text_encoder_2"),
+                  "transformer, vae, text_encoder, text_encoder_2, text_encoder_3")
     transformer = load_pretrained(SD3Transformer2DModel, path, "transformer")
     vae = load_pretrained(AutoencoderKL, path, "vae")
     encoders = [load_pretrained(CLIPTextModelWithProjection, path, folder)
@@ -77,7 +75,8 @@ def load_sd3_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -
     else:
         report(_without_t5(path))
     tokenizers = find_sd3_tokenizers(path, tokenizer_dir, report, with_t5=with_t5)
-    return ModelComponents(Family.SD3, transformer, vae, encoders, tokenizers, source=str(path))
+    return ModelComponents(Family.SD3, transformer, vae, encoders, tokenizers, source=str(path),
+                           scheduler_config=folder_scheduler_config(path))
 
 
 # ---- single files -------------------------------------------------------------------------------

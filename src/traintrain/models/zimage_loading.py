@@ -7,10 +7,10 @@ from pathlib import Path
 
 from diffusers import AutoencoderKL
 
-from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
-from traintrain.models.discovery import pipeline_class
+from traintrain.models.discovery import pipeline_class, require_parts
 from traintrain.models.families import Family
+from traintrain.models.flow_schedule import folder_scheduler_config
 from traintrain.models.loading import load_pretrained
 from traintrain.models.zimage_single_file import load_zimage_single_file
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
@@ -28,13 +28,11 @@ def load_zimage(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> Mo
 
 
 def load_zimage_folder(path: Path, tokenizer_dir=None, report: Reporter = ignore) -> ModelComponents:
-    for part in ("transformer", "vae", "text_encoder"):
-        if not (path / part / "config.json").is_file():
-            raise UserError(f"{path}: Z-Image folder without {part}/config.json",
-                            "give a complete ZImagePipeline folder (transformer, vae, text_encoder, tokenizer)",
-                            field="model")
+    require_parts(path, "Z-Image", PIPELINE, ("transformer", "vae", "text_encoder"),
+                  "transformer, vae, text_encoder, tokenizer")
     transformer = load_pretrained(zimage_class("ZImageTransformer2DModel"), path, "transformer")
     vae = load_pretrained(AutoencoderKL, path, "vae")
     encoder = load_pretrained(zimage_class("Qwen3Model"), path, "text_encoder")
     tokenizer = find_zimage_tokenizer(path, tokenizer_dir)
-    return ModelComponents(Family.ZIMAGE, transformer, vae, [encoder], [tokenizer], source=str(path))
+    return ModelComponents(Family.ZIMAGE, transformer, vae, [encoder], [tokenizer], source=str(path),
+                           scheduler_config=folder_scheduler_config(path))

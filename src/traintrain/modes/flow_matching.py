@@ -2,24 +2,22 @@
 the model) and SD3 / SD3.5 (as StableDiffusion3Pipeline runs it).
 
 x_t = (1 - sigma) * x0 + sigma * noise and the model predicts the flow, noise - x0. sigma comes from the
-usual timestep draw t ~ U[min_t, max_t) of 1000, shifted as Flux samples (`time_shift` with mu growing
-linearly in the number of image tokens, 0.5 at 256 to 1.15 at 4096: larger images get noisier
-timesteps). The transformer sees latents packed 2x2 into tokens, image/text position ids, T5 states,
+usual timestep draw t ~ U[min_t, max_t) of 1000, shifted as the model's own scheduler shifts it
+(models/flow_schedule.py: FLUX.1-dev's mu grows linearly in the number of image tokens, 0.5 at 256 to 1.15
+at 4096, so larger images get noisier timesteps; schnell is unshifted; SD3.5 and Z-Image-Turbo use a fixed
+3.0). Flux's transformer sees latents packed 2x2 into tokens, image/text position ids, T5 states,
 CLIP's pooled vector and, for guidance-distilled models (dev), the guidance value (train_flux_guidance).
 
-SD3 shifts every resolution alike, sigma = s * t' / (1 + (s - 1) * t') with its scheduler's shift s = 3.0,
-and its transformer takes the [B, 16, H, W] latents as they are (it patches them itself), the timestep
+SD3's transformer takes the [B, 16, H, W] latents as they are (it patches them itself), the timestep
 as sigma * 1000, the CLIP/T5 token states and the two CLIPs' pooled vectors. Each family's predict and
 noise levels are chosen here (`transformer_predict`, `flow_sigmas`), so the modes stay family-blind.
 
-Z-Image shifts as SD3 does (its scheduler's static shift 3.0) and runs as ZImagePipeline runs it: one
+Z-Image runs as ZImagePipeline runs it: one
 [16, 1, H, W] latent per sample, its timestep input 1 - sigma (the model's t is the clean fraction), one
 variable-length tensor of Qwen3 states per prompt, and an output that is the negated flow, x0 - noise.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from diffusers import FluxPipeline
@@ -27,30 +25,12 @@ from diffusers import FluxPipeline
 from traintrain.config import TrainConfig
 from traintrain.models.encoding import Conditioning
 from traintrain.models.families import Family
+from traintrain.models.flow_schedule import TIMESTEPS, schedule_sigmas, scheduler_config
 from traintrain.models.zimage_text import prompt_states
 from traintrain.modes.denoising import training_noise, training_timesteps
 from traintrain.training.distributed import SINGLE, Processes
 from traintrain.training.loss import ELEMENTWISE
 from traintrain.training.transfer import to_device
-
-BASE_SEQUENCE, MAX_SEQUENCE = 256, 4096  # FluxPipeline's (base_image_seq_len, max_image_seq_len) ...
-BASE_SHIFT, MAX_SHIFT = 0.5, 1.15  # ... and the shifts mu takes there
-TIMESTEPS = 1000
-SD3_SHIFT = 3.0  # StableDiffusion3Pipeline's scheduler (models/configs/sd3/scheduler), SD3 and SD3.5 alike
-ZIMAGE_SHIFT = 3.0  # ZImagePipeline's scheduler (models/configs/zimage/scheduler): static, no dynamic shifting
-
-
-def shift_mu(image_tokens: int) -> float:
-    """Flux's resolution-dependent shift: linear in the image's token count (FluxPipeline's calculate_shift)."""
-    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQUENCE - BASE_SEQUENCE)
-    return BASE_SHIFT + slope * (image_tokens - BASE_SEQUENCE)
-
-
-def sigmas_for(timesteps: torch.Tensor, image_tokens: int) -> torch.Tensor:
-    """Noise level of integer timesteps in [0, 1000): t' = (t + 1) / 1000, then exp(mu) / (exp(mu) + 1/t' - 1)."""
-    fraction = (timesteps.double() + 1) / TIMESTEPS
-    mu = math.exp(shift_mu(image_tokens))
-    return (mu / (mu + (1 / fraction - 1))).float()
 
 
 def flow_x0(components, latents: torch.Tensor) -> torch.Tensor:
@@ -65,21 +45,10 @@ def flow_noisy(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> t
     return (1 - expanded) * x0 + expanded * noise
 
 
-def shifted_sigmas(timesteps: torch.Tensor, shift: float) -> torch.Tensor:
-    """Noise level of integer timesteps in [0, 1000) under a fixed shift: t' = (t + 1) / 1000, then
-    shift * t' / (1 + (shift - 1) * t') (FlowMatchEulerDiscreteScheduler's static shift)."""
-    fraction = (timesteps.double() + 1) / TIMESTEPS
-    return (shift * fraction / (1 + (shift - 1) * fraction)).float()
-
-
 def flow_sigmas(components, timesteps: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-    """The family's noise levels for integer timesteps on latents of this size."""
-    if components.family is Family.SD3:
-        return shifted_sigmas(timesteps, SD3_SHIFT)
-    if components.family is Family.ZIMAGE:
-        return shifted_sigmas(timesteps, ZIMAGE_SHIFT)
+    """The model's noise levels for integer timesteps on latents of this size (its scheduler's shift)."""
     height, width = latents.shape[-2:]
-    return sigmas_for(timesteps, (height // 2) * (width // 2))
+    return schedule_sigmas(timesteps, (height // 2) * (width // 2), scheduler_config(components))
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
