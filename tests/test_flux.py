@@ -22,7 +22,7 @@ from traintrain.models.families import Family, is_flux_checkpoint
 from traintrain.models.flux_keys import bfl_to_diffusers, diffusers_to_bfl
 from traintrain.models.loading import load_model, read_checkpoint, read_weight_shapes
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
-from traintrain.modes.flow_matching import flow_matching_step_loss, pack, transformer_predict, unpack
+from traintrain.modes.flow_matching import flow_matching_step_loss, pack, sigmas_for, transformer_predict, unpack
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 
@@ -116,9 +116,12 @@ def test_transformer_alone_names_the_files_to_add(tmp_path, flux):
         load_model(single)
 
 
-def test_packing():  # the noise levels: tests/test_flow_schedule.py
+def test_packing_and_sigmas():
     latents = torch.randn(2, 16, 8, 6)
     assert pack(latents).shape == (2, 12, 64) and torch.equal(unpack(pack(latents), 8, 6), latents)
+    sigmas = sigmas_for(torch.tensor([0, 499, 999]), 16)
+    assert sigmas[-1] == pytest.approx(1.0) and 0 < sigmas[0] < sigmas[1] < 1
+    assert sigmas_for(torch.tensor([499]), 4096)[0] > sigmas[1]  # bigger images, noisier timesteps
 
 
 def _config(**values) -> TrainConfig:
@@ -174,6 +177,48 @@ def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, flux):
         base = transformer_predict(flux, noisy, sigmas, cond)
     assert (expected - base).abs().max() > 1e-2  # the adapter really changes the output
     assert (expected - got).abs().max() <= 1e-4
+    # block BASE: CLIP-L's LoRA, named as FluxPipeline's loader reads it, gives diffusers our CLIP-L outputs
+    assert any(k.startswith("text_encoder.text_model.encoder.layers.") for k in network.tensors_for_save(torch.float32))
+    ours_clip, theirs_clip, base_clip = (_clip_outputs(c.text_encoders[0], flux.tokenizers[0])
+                                         for c in (ours, theirs, flux))
+    assert (ours_clip - base_clip).abs().max() > 1e-2
+    assert (ours_clip - theirs_clip).abs().max() <= 1e-4
+
+
+def _clip_outputs(encoder, tokenizer) -> torch.Tensor:
+    """A CLIP encoder's last and penultimate states and pooled output for a prompt, side by side."""
+    ids = tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        output = encoder(ids, output_hidden_states=True)
+    return torch.cat([output.hidden_states[-1][0].flatten(), output.hidden_states[-2][0].flatten(), output[1][0]])
+
+
+def test_base_trains_clip_l_at_its_learning_rate_and_never_t5(flux):
+    from traintrain.modes.common import parameter_groups
+
+    network = AdapterNetwork(copy.deepcopy(flux), _spec(rank=2, alpha=2))
+    text_keys = {k for k in network.tensors_for_save(torch.float32) if not k.startswith("transformer.")}
+    clip_layers = sum(1 for name, _ in flux.text_encoders[0].named_modules() if name.endswith(("_proj", "fc1", "fc2")))
+    assert len(network.text_encoder_modules) == clip_layers  # q, k, v, out, fc1, fc2 of each layer; nothing of T5
+    assert text_keys and all(k.startswith("text_encoder.text_model.encoder.layers.") for k in text_keys)
+    groups = parameter_groups(network, _config(train_learning_rate=1e-4, train_textencoder_learning_rate=3e-5))
+    assert [g["lr"] for g in groups] == [1e-4, 3e-5]
+    assert groups[1]["params"] == network.text_encoder_parameters()
+    without_base = AdapterNetwork(copy.deepcopy(flux), _spec(blocks=list(ALL_BLOCK_IDS[1:])))
+    assert not without_base.text_encoder_modules
+    assert all(k.startswith("transformer.") for k in without_base.tensors_for_save(torch.float32))
+
+
+def test_resume_restores_the_text_encoder_modules(tmp_path, flux):
+    trained = _randomized(AdapterNetwork(copy.deepcopy(flux), _spec(rank=2, alpha=2)))
+    path = tmp_path / "flux_te.safetensors"
+    save_lora(path, trained.tensors_for_save(torch.float32), {"ss_base_model_version": "flux1"})
+    resumed = AdapterNetwork(copy.deepcopy(flux), _spec(rank=2, alpha=2))
+    resumed.resume_from(path)
+    saved = trained.tensors_for_save(torch.float32)
+    again = resumed.tensors_for_save(torch.float32)
+    assert any(k.startswith("text_encoder.") for k in again)
+    assert set(again) == set(saved) and all(torch.equal(saved[k], again[k]) for k in saved)
 
 
 def test_block_selection_restricts_saved_keys(flux):
@@ -208,33 +253,85 @@ def test_resume_across_families_is_refused(tmp_path, flux):
     network.resume_from(flux_file)  # the same family continues
 
 
-def test_lora_job_on_a_flux_single_file(written, tmp_path):
+class T5Watch:
+    """Where T5 is sent (models/t5_offload.py), and how often it had run since it was first sent: a job offloads
+    it once the prompts are cached, so it should run 0 times until it is sent back after the loop."""
+
+    def __init__(self, monkeypatch):
+        from traintrain.models import t5_offload
+
+        self.moves: list[tuple[str, int]] = []  # (device type, T5 runs since the first move)
+        self.runs = 0
+        move = t5_offload._move
+
+        def recording_move(model, device):
+            if type(model).__name__ == "T5EncoderModel":
+                if not self.moves:
+                    model.register_forward_hook(lambda *_: setattr(self, "runs", self.runs + 1))
+                self.moves.append((device.type, self.runs))
+            move(model, device)
+
+        monkeypatch.setattr(t5_offload, "_move", recording_move)
+
+
+@pytest.mark.parametrize("blocks", ["default", "without BASE"])
+def test_lora_job_on_a_flux_single_file(written, tmp_path, monkeypatch, blocks):
     root, single, _ = written
     write_demo_images(tmp_path / "images")
     events = []
+    network_blocks = list(ALL_BLOCK_IDS) if blocks == "default" else list(ALL_BLOCK_IDS[1:])
     config = TrainConfig(
         model=str(single), lora_data_directory=str(tmp_path / "images"), network_rank=4, network_alpha=4,
         train_iterations=3, train_batch_size=2, train_learning_rate=1e-3, image_size=[SIZE, SIZE],
         image_buckets_step=SIZE, image_min_length=SIZE, train_model_precision="fp32", save_precision="fp32",
-        train_seed=3, save_lora_name="flux_lora", preview_prompts="a cat",
+        train_seed=3, save_lora_name="flux_lora", preview_prompts="a cat", network_blocks=network_blocks,
+        train_textencoder_learning_rate=1e-3,
     )
+    t5 = T5Watch(monkeypatch)
     result = run_job(config, output_dir=tmp_path / "out", report=events.append)
     tensors, metadata = load_lora(result.path)
     assert metadata["ss_base_model_version"] == "flux1"
     assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
     assert metadata["modelspec.prediction_type"] == "flow"
-    assert all(k.startswith("transformer.") for k in tensors) and len(result.losses) == 3
+    assert len(result.losses) == 3
+    text_up = [v for k, v in tensors.items() if k.startswith("text_encoder.") and k.endswith("lora_B.weight")]
+    if blocks == "default":  # BASE: CLIP-L trained, its up factors moved from their zero init
+        assert text_up and all(v.abs().max() > 0 for v in text_up)
+        assert all(k.startswith(("transformer.", "text_encoder.text_model.")) for k in tensors)
+    else:
+        assert all(k.startswith("transformer.") for k in tensors)
     warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
-    assert not any("preview" in w for w in warnings) and any("BASE" in w for w in warnings)
+    assert not any("preview" in w for w in warnings) and not any("BASE" in w for w in warnings)
+    # T5 went to the CPU once the prompts were cached, ran at no step, and came back (to the CPU here) after
+    assert t5.moves == [("cpu", 0), ("cpu", 0)]
     assert result.outcome.preview == result.path.parent / "flux_lora_preview.png"  # rendered by FluxPipeline
     assert result.outcome.preview.is_file()
+
+
+def test_ileco_trains_clip_l_with_network_train_text_encoder(written, tmp_path, monkeypatch):
+    """The Original prompt is encoded every step with CLIP-L's adapter on, T5's states of it once."""
+    root, single, _ = written
+    config = TrainConfig(
+        model=str(single), mode="iLECO", original_prompt="a red cat", target_prompt="a blue dog",
+        network_train_text_encoder=True, network_rank=4, network_alpha=4, train_iterations=2,
+        train_learning_rate=1e-2, image_size=[SIZE, SIZE], train_model_precision="fp32", save_precision="fp32",
+        train_seed=3, save_lora_name="ileco_te", preview_sampling_steps=1,
+    )
+    t5 = T5Watch(monkeypatch)
+    events = []
+    result = run_job(config, output_dir=tmp_path / "out", report=events.append)
+    tensors, _ = load_lora(result.path)
+    text_up = [v for k, v in tensors.items() if k.startswith("text_encoder.") and k.endswith("lora_B.weight")]
+    assert text_up and all(v.abs().max() > 0 for v in text_up)
+    assert not any("network_train_text_encoder" in e.text for e in events if getattr(e, "level", "") == "warning")
+    assert t5.moves[:2] == [("cpu", 0), ("cpu", 0)]
 
 
 @pytest.mark.parametrize("network_type", ["loha", "lokr"])
 def test_lycoris_types_adapt_the_flux_linears(flux, network_type):
     network = AdapterNetwork(copy.deepcopy(flux), _spec(network_type=network_type, rank=2, alpha=2))
     saved = network.tensors_for_save(torch.float32)
-    assert saved and all(k.startswith("transformer.") and "lora_" not in k for k in saved)
+    assert saved and all(k.startswith(("transformer.", "text_encoder.")) and "lora_" not in k for k in saved)
     again = AdapterNetwork(copy.deepcopy(flux), _spec(network_type=network_type, rank=2, alpha=2))
     again.load_tensors(saved)
     assert all(torch.equal(saved[k], v) for k, v in again.tensors_for_save(torch.float32).items())

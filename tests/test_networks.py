@@ -228,3 +228,25 @@ def test_a_files_alpha_sets_the_scale():
         AdapterNetwork(components, spec(rank=4, alpha=built_alpha)).apply().load_tensors(tensors)
         outputs.append(unet_out(components))
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_zimage_with_base_trains_the_transformer_only_and_says_so(tmp_path):
+    """Block BASE adapts CLIP text encoders; Z-Image's Qwen3 has none of their layers: one warning, no TE keys."""
+    from sample_images import write_demo_images
+    from traintrain.config import TrainConfig
+    from traintrain.jobs.runner import run_job
+    from traintrain.models.tiny import write_tiny_model
+    from traintrain.networks.kohya_format import load_lora
+
+    model = write_tiny_model("zimage", "diffusers", tmp_path / "zimage-tiny")
+    write_demo_images(tmp_path / "images")
+    config = TrainConfig(
+        model=str(model), lora_data_directory=str(tmp_path / "images"), network_rank=2, network_alpha=2,
+        train_iterations=1, train_batch_size=1, image_size=[64, 64], image_buckets_step=64, image_min_length=64,
+        train_model_precision="fp32", save_precision="fp32", train_seed=3, save_lora_name="zimage_base",
+    )
+    events = []
+    result = run_job(config, output_dir=tmp_path / "out", report=events.append)
+    said = [e.text for e in events if getattr(e, "level", "") == "warning" and "Qwen3" in e.text]
+    assert len(said) == 1 and "not trained" in said[0]
+    assert all(k.startswith("transformer.") for k in load_lora(result.path)[0])

@@ -20,11 +20,11 @@ from traintrain.jobs.runner import run_job
 from traintrain.models.checkpoint_kinds import checkpoint_family, tensor_shapes
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.families import Family, is_flux_checkpoint, is_sd3_checkpoint
-from traintrain.models.loading import load_model, read_checkpoint, read_weight_shapes
+from traintrain.models.loading import config_template, load_model, read_checkpoint, read_weight_shapes
 from traintrain.models.sd3_keys import diffusers_to_sd3
 from traintrain.models.sd3_tiny import write_sd3_single_file
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
-from traintrain.modes.flow_matching import flow_matching_step_loss, transformer_predict
+from traintrain.modes.flow_matching import SD3_SHIFT, flow_matching_step_loss, shifted_sigmas, transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 
@@ -132,6 +132,14 @@ def test_conditioning_matches_the_pipeline(sd3):
     assert torch.allclose(ours.hidden, hidden, atol=1e-6) and torch.allclose(ours.pooled, pooled, atol=1e-6)
 
 
+def test_sigmas_follow_the_scheduler_shift():
+    assert config_template(Family.SD3, "scheduler")["shift"] == SD3_SHIFT == 3.0
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config_template(Family.SD3, "scheduler"))
+    timesteps = torch.tensor([0, 250, 999])
+    expected = scheduler.sigmas[999 - timesteps]  # the scheduler lists them from the noisiest down
+    assert torch.allclose(shifted_sigmas(timesteps, SD3_SHIFT), expected, atol=1e-6)
+
+
 def _config(**values) -> TrainConfig:
     settings = dict(model="unused", lora_data_directory=".", network_rank=4, network_alpha=2,
                     train_min_timesteps=0, train_max_timesteps=1000)
@@ -159,11 +167,7 @@ def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, sd3):
     from diffusers import StableDiffusion3Pipeline
 
     ours = copy.deepcopy(sd3)
-    network = AdapterNetwork(ours, _spec(rank=4, alpha=2)).apply()
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for module in network.all_modules:
-            module.lora_up.weight.copy_(torch.randn(module.lora_up.weight.shape, generator=generator) * 0.1)
+    network = _randomized(AdapterNetwork(ours, _spec(rank=4, alpha=2)).apply())
     path = tmp_path / "sd3_lora.safetensors"
     save_lora(path, network.tensors_for_save(torch.float32), {"ss_base_model_version": "sd3"})
     theirs = copy.deepcopy(sd3)
@@ -180,6 +184,52 @@ def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, sd3):
         base = transformer_predict(sd3, noisy, sigmas, cond)
     assert (expected - base).abs().max() > 1e-2  # the adapter really changes the output
     assert (expected - got).abs().max() <= 1e-4
+    # block BASE: CLIP-L's and CLIP-G's LoRAs, alpha folded in as the loader wants, give diffusers our CLIP outputs
+    saved = network.tensors_for_save(torch.float32)
+    for index, prefix in enumerate(("text_encoder.", "text_encoder_2.")):
+        assert any(k.startswith(prefix + "text_model.encoder.layers.") for k in saved)
+        ours_clip, theirs_clip, base_clip = (_clip_outputs(c.text_encoders[index], sd3.tokenizers[index])
+                                             for c in (ours, theirs, sd3))
+        assert (ours_clip - base_clip).abs().max() > 1e-2
+        assert (ours_clip - theirs_clip).abs().max() <= 1e-4
+
+
+def _clip_outputs(encoder, tokenizer) -> torch.Tensor:
+    """A CLIP encoder's last and penultimate states and projected pooled output for a prompt, side by side."""
+    ids = tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        output = encoder(ids, output_hidden_states=True)
+    return torch.cat([output.hidden_states[-1][0].flatten(), output.hidden_states[-2][0].flatten(), output[0][0]])
+
+
+def test_base_trains_both_clips_and_never_t5(tmp_path, sd3):
+    network = AdapterNetwork(copy.deepcopy(sd3), _spec(rank=2, alpha=2))
+    saved = network.tensors_for_save(torch.float32)
+    text_keys = {k for k in saved if not k.startswith("transformer.")}
+    layers = [sum(1 for name, _ in encoder.named_modules() if name.endswith(("_proj", "fc1", "fc2")))
+              for encoder in sd3.text_encoders[:2]]
+    assert len(network.text_encoder_modules) == sum(layers)  # q, k, v, out, fc1, fc2 of each CLIP layer; no T5
+    assert text_keys and all(k.startswith(("text_encoder.text_model.", "text_encoder_2.text_model."))
+                             for k in text_keys)
+    assert not any(k.endswith("alpha") for k in saved)  # the loader refuses them: alpha is in the factors
+    path = tmp_path / "sd3_te.safetensors"  # network_resume restores the text encoders' modules too
+    _randomized(network)
+    save_lora(path, network.tensors_for_save(torch.float32), {"ss_base_model_version": "sd3"})
+    resumed = AdapterNetwork(copy.deepcopy(sd3), _spec(rank=2, alpha=2))
+    resumed.resume_from(path)
+    for before, after in zip(network.text_encoder_modules, resumed.text_encoder_modules, strict=True):
+        assert torch.allclose(before.lora_up.weight, after.lora_up.weight)
+        assert torch.allclose(before.lora_down.weight, after.lora_down.weight)
+    without_base = AdapterNetwork(copy.deepcopy(sd3), _spec(blocks=list(ALL_BLOCK_IDS[1:])))
+    assert all(k.startswith("transformer.") for k in without_base.tensors_for_save(torch.float32))
+
+
+def _randomized(network: AdapterNetwork, seed: int = 4) -> AdapterNetwork:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in network.all_modules:
+            module.lora_up.weight.copy_(torch.randn(module.lora_up.weight.shape, generator=generator) * 0.1)
+    return network
 
 
 def test_block_selection_restricts_saved_keys(sd3):
@@ -228,9 +278,17 @@ def test_lora_job_on_an_sd3_single_file(written, tmp_path):
         image_buckets_step=SIZE, image_min_length=SIZE, train_model_precision="fp32", save_precision="fp32",
         train_seed=3, save_lora_name="sd3_lora",
     )
-    result = run_job(config, output_dir=tmp_path / "out")
+    events = []
+    result = run_job(config, output_dir=tmp_path / "out", report=events.append)
     tensors, metadata = load_lora(result.path)
     assert metadata["ss_base_model_version"] == "sd3"
     assert metadata["modelspec.architecture"] == "stable-diffusion-3-medium/lora"
     assert metadata["modelspec.prediction_type"] == "flow"
-    assert all(k.startswith("transformer.transformer_blocks.") for k in tensors) and len(result.losses) == 3
+    assert len(result.losses) == 3
+    # the default blocks include BASE: both CLIPs trained (their up factors moved from the zero init), T5 not
+    assert all(k.startswith(("transformer.transformer_blocks.", "text_encoder.text_model.",
+                             "text_encoder_2.text_model.")) for k in tensors)
+    for prefix in ("text_encoder.", "text_encoder_2."):
+        text_up = [v for k, v in tensors.items() if k.startswith(prefix) and k.endswith("lora_B.weight")]
+        assert text_up and all(v.abs().max() > 0 for v in text_up)
+    assert not any("BASE" in e.text for e in events if getattr(e, "level", "") == "warning")

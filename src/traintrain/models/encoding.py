@@ -52,12 +52,28 @@ def _encode_one(encoder, ids: torch.Tensor, family: Family, is_second: bool):
     return encoder(ids).last_hidden_state, None
 
 
-def encode_prompts(components, texts: list[str]) -> Conditioning:
-    """Encode a batch of prompts with the model's text encoder(s), on their current device/dtype."""
+def encode_t5(components, texts: list[str]) -> torch.Tensor | None:
+    """T5's states of the prompts on Flux and SD3: the part of the conditioning no adapter trains, which a mode
+    training the CLIP encoders (block BASE) caches and passes to encode_prompts. None on the other families and
+    on SD3 without T5."""
+    if components.family is Family.FLUX:
+        from traintrain.models.flux_text import flux_t5_states
+
+        return flux_t5_states(components, texts)
+    if components.family is Family.SD3:
+        from traintrain.models.sd3_text import sd3_t5_states
+
+        return sd3_t5_states(components, texts)
+    return None
+
+
+def encode_prompts(components, texts: list[str], t5_states: torch.Tensor | None = None) -> Conditioning:
+    """Encode a batch of prompts with the model's text encoder(s), on their current device/dtype; on Flux and SD3
+    `t5_states` (encode_t5's, cached) stand in for running T5."""
     if components.family is Family.FLUX:  # T5 states and CLIP's pooled vector, as FluxPipeline encodes them
         from traintrain.models.flux_text import encode_flux_prompts
 
-        return encode_flux_prompts(components, texts)
+        return encode_flux_prompts(components, texts, t5_states)
     if components.family is Family.ZIMAGE:  # Qwen3's penultimate states of the chat-templated prompt
         from traintrain.models.zimage_text import encode_zimage_prompts
 
@@ -65,7 +81,7 @@ def encode_prompts(components, texts: list[str]) -> Conditioning:
     if components.family is Family.SD3:  # CLIP-L/G states padded and T5's appended, as StableDiffusion3Pipeline
         from traintrain.models.sd3_text import encode_sd3_prompts
 
-        return encode_sd3_prompts(components, texts)
+        return encode_sd3_prompts(components, texts, t5_states)
     hiddens, pooled = [], None
     for index, (tokenizer, encoder) in enumerate(zip(components.tokenizers, components.text_encoders, strict=False)):
         empty = chunk_token_ids(tokenizer, "")[0]

@@ -99,17 +99,24 @@ def t5_length(tokenizer) -> int:
     return min(T5_MAX_LENGTH, int(tokenizer.model_max_length))
 
 
-def encode_flux_prompts(components, texts: list[str]) -> Conditioning:
-    """T5 hidden states [B, L, D] (`hidden`) and CLIP-L's pooled output [B, 768] (`pooled`), as FluxPipeline."""
-    clip_tokenizer, t5_tokenizer = components.tokenizers
-    clip, t5 = components.text_encoders
-    clip_ids = clip_tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
-                              return_tensors="pt").input_ids
+def flux_t5_states(components, texts: list[str]) -> torch.Tensor:
+    """T5's hidden states [B, L, D] at the training length, as FluxPipeline encodes them."""
+    t5_tokenizer, t5 = components.tokenizers[1], components.text_encoders[1]
     t5_ids = t5_tokenizer(texts, padding="max_length", max_length=t5_length(t5_tokenizer), truncation=True,
                           return_tensors="pt").input_ids
+    return t5(t5_ids.to(_device(t5)), output_hidden_states=False)[0]
+
+
+def encode_flux_prompts(components, texts: list[str], t5_states: torch.Tensor | None = None) -> Conditioning:
+    """T5 hidden states [B, L, D] (`hidden`) and CLIP-L's pooled output [B, 768] (`pooled`), as FluxPipeline.
+    `t5_states` given (cached while CLIP-L trains) are used instead of running T5."""
+    clip_tokenizer, clip = components.tokenizers[0], components.text_encoders[0]
+    clip_ids = clip_tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                              return_tensors="pt").input_ids
     pooled = clip(clip_ids.to(_device(clip)), output_hidden_states=False).pooler_output
-    hidden = t5(t5_ids.to(_device(t5)), output_hidden_states=False)[0]
-    return Conditioning(hidden, pooled)
+    if t5_states is None:
+        return Conditioning(flux_t5_states(components, texts), pooled)
+    return Conditioning(t5_states.to(pooled.device, pooled.dtype), pooled)
 
 
 def _device(model) -> torch.device:

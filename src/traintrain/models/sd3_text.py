@@ -64,8 +64,19 @@ def t5_length(tokenizer) -> int:
     return min(T5_MAX_LENGTH, int(tokenizer.model_max_length))
 
 
-def encode_sd3_prompts(components, texts: list[str]) -> Conditioning:
-    """`hidden` [B, 77 + T5 tokens, T5 width] and `pooled` [B, CLIP-L + CLIP-G projection], as the pipeline."""
+def sd3_t5_states(components, texts: list[str]) -> torch.Tensor | None:
+    """T5's per-token states at the training length, as the pipeline encodes them; None without T5."""
+    if len(components.text_encoders) < 3:
+        return None
+    t5_tokenizer, t5 = components.tokenizers[2], components.text_encoders[2]
+    ids = t5_tokenizer(texts, padding="max_length", max_length=t5_length(t5_tokenizer), truncation=True,
+                       return_tensors="pt").input_ids
+    return t5(ids.to(_device(t5)))[0]
+
+
+def encode_sd3_prompts(components, texts: list[str], t5_states: torch.Tensor | None = None) -> Conditioning:
+    """`hidden` [B, 77 + T5 tokens, T5 width] and `pooled` [B, CLIP-L + CLIP-G projection], as the pipeline.
+    `t5_states` given (cached while the CLIPs train) are used instead of running T5."""
     states, pooled = [], []
     for tokenizer, encoder in zip(components.tokenizers[:2], components.text_encoders[:2], strict=True):
         ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
@@ -77,13 +88,11 @@ def encode_sd3_prompts(components, texts: list[str]) -> Conditioning:
     clip = torch.cat([s.to(device) for s in states], dim=-1)
     width = components.transformer.config.joint_attention_dim
     clip = functional.pad(clip, (0, width - clip.shape[-1]))
-    if len(components.text_encoders) > 2:
-        t5_tokenizer, t5 = components.tokenizers[2], components.text_encoders[2]
-        ids = t5_tokenizer(texts, padding="max_length", max_length=t5_length(t5_tokenizer), truncation=True,
-                           return_tensors="pt").input_ids
-        t5_states = t5(ids.to(_device(t5)))[0].to(device, clip.dtype)
-    else:
+    if t5_states is None:
+        t5_states = sd3_t5_states(components, texts)
+    if t5_states is None:
         t5_states = torch.zeros(clip.shape, device=device, dtype=clip.dtype)
+    t5_states = t5_states.to(device, clip.dtype)
     return Conditioning(torch.cat([clip, t5_states], dim=-2), torch.cat([p.to(device) for p in pooled], dim=-1))
 
 

@@ -10,8 +10,10 @@ import torch
 
 from traintrain.choices import TEXT_ENCODER_BLOCK
 from traintrain.models.encoding import Conditioning, encode_prompts
+from traintrain.models.t5_offload import t5_for_encoding, t5_offloaded
 from traintrain.modes.registry import ModeOutcome
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
+from traintrain.training.events import Message
 from traintrain.training.loop import TrainingTask, run_loop
 
 
@@ -27,6 +29,13 @@ def build_network(components, spec: NetworkSpec, run, resume: str = "") -> Adapt
     if resume:
         network.resume_from(resume)
     return network.to(run.device).apply()
+
+
+def report_qwen3_not_trained(run, setting: str) -> None:
+    """Z-Image's text encoder is Qwen3, with none of the CLIP layers block BASE trains (the original's targets do
+    not match it either): said once at the start instead of training the transformer alone in silence."""
+    run.report(Message(f"{setting}: Z-Image's Qwen3 text encoder is not trained (only CLIP text encoders are); "
+                       "training the transformer only", "warning"))
 
 
 def parameter_groups(network: AdapterNetwork, config) -> list[dict]:
@@ -64,12 +73,15 @@ def train_result_network(
 ) -> ModeOutcome:
     """Train the network whose file is the job's result: periodic saves and previews, final save.
 
+    The modes have every prompt's T5 states cached by now (models/t5_offload.py): T5 waits on the CPU during the
+    loop, comes back for previews, and is back on its device when training ends (the final previews use it).
     `data_order` (get_state/set_state) is the position of the mode's batches, kept in resumable states.
     """
     from traintrain.modes.previews import preview_prompts, render_previews
 
     def preview(step: int) -> None:
-        render_previews(config, components, network, copier, run, suffix=f"_{step}steps")
+        with t5_for_encoding(components):
+            render_previews(config, components, network, copier, run, suffix=f"_{step}steps")
 
     task = TrainingTask(
         phase,
@@ -92,5 +104,6 @@ def train_result_network(
 
     task.on_final_save = save_final
     task.keep_final_state = config.save_state
-    result = run_loop(task, config, run.report)
+    with t5_offloaded(components):
+        result = run_loop(task, config, run.report)
     return ModeOutcome(saved[-1], result.losses, network, copier)

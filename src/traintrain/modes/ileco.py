@@ -19,12 +19,14 @@ import torch
 
 from traintrain.choices import ILECOLatent
 from traintrain.errors import UserError
-from traintrain.models.encoding import encode_prompts
+from traintrain.models.encoding import encode_prompts, encode_t5
+from traintrain.models.families import Family
 from traintrain.modes.common import (
     build_network,
     fixed_conditionings,
     prompt_only_spec,
     repeat_conditioning,
+    report_qwen3_not_trained,
     train_result_network,
 )
 from traintrain.modes.denoising import training_timesteps
@@ -69,10 +71,13 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
     """The step loss, also used by tests to measure the effect on held-out noise.
 
     With network_train_text_encoder the Original prompt is encoded every step with the text
-    encoder's LoRA on (`original` is then unused); the target stays the frozen model's.
+    encoder's LoRA on (`original` is then unused; on Flux / SD3 T5's part is encoded once, here); the
+    target stays the frozen model's.
     """
     scheduler = run.noise_scheduler
     encode_each_step = config.network_train_text_encoder and len(network.text_encoder_modules) > 0
+    with torch.no_grad():
+        original_t5 = encode_t5(components, [config.original_prompt]) if encode_each_step else None
     batch = config.train_batch_size
     shard = run.processes.shard  # data-parallel: the UNet runs on this process's share of the batch
     original_b, target_b = (repeat_conditioning(c, batch).map(shard) for c in (original, target))
@@ -89,7 +94,8 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
         latent, timesteps = shard(latent), shard(timesteps)
         adapted_b = original_b
         if encode_each_step:
-            adapted_b = repeat_conditioning(encode_prompts(components, [config.original_prompt]), len(timesteps))
+            adapted_b = repeat_conditioning(encode_prompts(components, [config.original_prompt], original_t5),
+                                            len(timesteps))
         with torch.no_grad():
             network.set_enabled(False)
             wanted = predict(components, latent, timesteps, target_b, config)
@@ -103,9 +109,8 @@ def ileco_loss_fn(components, network, config, run, original, target, latents: C
 
 def train_ileco(config, components, run) -> ModeOutcome:
     network = build_network(components, ileco_spec(config), run, resume=config.network_resume)
-    if config.network_train_text_encoder and components.spec.flow_matching:
-        run.report(Message(f"network_train_text_encoder: text-encoder training is not supported on "
-                           f"{components.family.value} yet; training the transformer only", level="warning"))
+    if config.network_train_text_encoder and components.family is Family.ZIMAGE:
+        report_qwen3_not_trained(run, "network_train_text_encoder")
     elif config.network_train_text_encoder and not len(network.text_encoder_modules):
         run.report(Message(  # as in the original, nothing of the text encoder is trained then: say so
             f"network_train_text_encoder: the text encoder has no cross-attention, so with network_element="

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from traintrain.data.dataset import BucketBatches, build_training_data
 from traintrain.data.plan_report import plan_lines
-from traintrain.models.encoding import Conditioning, encode_prompts
-from traintrain.modes.common import build_network, train_result_network
+from traintrain.models.encoding import Conditioning, encode_prompts, encode_t5
+from traintrain.models.families import Family
+from traintrain.models.t5_offload import t5_encoder
+from traintrain.modes.common import build_network, report_qwen3_not_trained, train_result_network
 from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_FOLDER_FIELDS, check_folder_images_decode, check_image_folder
 from traintrain.modes.objective import image_step_loss
 from traintrain.modes.registry import ModeOutcome, TrainingMode, register
@@ -34,7 +38,7 @@ class TextCache:
             empty = encode_prompts(components, [""])
         self.empty_chunk = empty.hidden[0].float().cpu()
 
-    def batch(self, captions: list[str]) -> Conditioning:
+    def __call__(self, captions: list[str]) -> Conditioning:
         """Cached embeddings of a batch; SD's chunked ones padded with empty chunks to the longest (Z-Image's
         have one fixed length and a mask)."""
         hiddens = [self.by_caption[c][0] for c in captions]
@@ -49,6 +53,35 @@ class TextCache:
                             None if masks[0] is None else torch.stack(masks))
 
 
+class T5Cache:
+    """T5's states of each caption, computed once, when the CLIP encoders of Flux / SD3 train: each step encodes
+    its captions with the CLIPs' adapters on and takes T5's part from here."""
+
+    def __init__(self, components, captions):
+        self.components = components
+        with torch.no_grad():
+            self.by_caption = {caption: _t5_states(components, caption) for caption in sorted(set(captions))}
+
+    def __call__(self, captions: list[str]) -> Conditioning:
+        return encode_prompts(self.components, captions, torch.stack([self.by_caption[c] for c in captions]))
+
+
+def _t5_states(components, caption: str) -> torch.Tensor:
+    states = encode_t5(components, [caption])
+    assert states is not None  # T5Cache is built only where the model has T5
+    return states[0].float().cpu()
+
+
+def caption_encoder(components, network, captions: list[str]) -> Callable[[list[str]], Conditioning]:
+    """How a step gets its captions' conditioning: all cached when the text encoders are frozen; with their
+    adapters trained (block BASE) encoded every step, T5's states (Flux, SD3) still cached."""
+    if not network.trains_text_encoder:
+        return TextCache(components, captions)
+    if t5_encoder(components) is not None:
+        return T5Cache(components, captions)
+    return functools.partial(encode_prompts, components)
+
+
 def train_lora(config, components, run) -> ModeOutcome:
     """Cache latents (and caption embeddings), then train the adapter for exactly train_iterations steps."""
     data = build_training_data(config, components.vae, components.spec.latent_scale, run.generator, run.report)
@@ -60,9 +93,12 @@ def train_lora(config, components, run) -> ModeOutcome:
 
     spec = NetworkSpec.from_config(config)
     network = build_network(components, spec, run, resume=config.network_resume)
-    if components.spec.flow_matching:
-        _report_transformer_limits(spec, config, components, run)
-    text_cache = None if network.trains_text_encoder else TextCache(components, [s.caption for s in data.samples])
+    if spec.trains_text_encoder and components.family is Family.ZIMAGE:
+        report_qwen3_not_trained(run, "block BASE")
+    if components.spec.flow_matching and config.train_snr_gamma > 0:
+        run.report(Message(f"{components.family.value}: train_snr_gamma does not apply to the flow-matching "
+                           "objective; ignored", "warning"))
+    encode_captions = caption_encoder(components, network, [s.caption for s in data.samples])
     batches = BucketBatches(data.samples, config.train_batch_size, run.seed)
     scheduler = run.noise_scheduler
 
@@ -70,7 +106,7 @@ def train_lora(config, components, run) -> ModeOutcome:
         samples = batches.next()
         latents = torch.stack([s.latent for s in samples])
         captions = [s.caption for s in samples]
-        cond = text_cache.batch(captions) if text_cache else encode_prompts(components, captions)
+        cond = encode_captions(captions)
         masks = [s.mask for s in samples]
         mask = (
             None
@@ -83,18 +119,6 @@ def train_lora(config, components, run) -> ModeOutcome:
     outcome = train_result_network("LoRA", network, config, compute_loss, components, run, data_order=batches)
     outcome.extras["data"] = data
     return outcome
-
-
-def _report_transformer_limits(spec: NetworkSpec, config, components, run) -> None:
-    """Settings that do not apply to the transformer families (Flux, SD3) yet, said once at the start
-    instead of silently ignored."""
-    family = components.family.value
-    if spec.trains_text_encoder:
-        run.report(Message(f"{family}: text-encoder training (block BASE) is not supported yet; training the "
-                           "transformer only", "warning"))
-    if config.train_snr_gamma > 0:
-        run.report(Message(f"{family}: train_snr_gamma does not apply to the flow-matching objective; ignored",
-                           "warning"))
 
 
 @register

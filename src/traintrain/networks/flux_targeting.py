@@ -8,7 +8,9 @@ Saved names are diffusers' (`transformer.single_transformer_blocks.0.attn.to_q.l
 `.alpha`): the one layout that diffusers' `FluxPipeline.load_lora_weights` reads at any model width (its
 kohya reader hard-codes FLUX.1's 3072 when it splits the fused `linear1`) and that ComfyUI and Forge read
 too (their Flux key maps include diffusers' `transformer.` names with `.alpha`; ai-toolkit's LoRAs are
-saved so). LoHa/LoKr modules keep LyCORIS's suffixes on the same names, which ComfyUI reads.
+saved so). Block BASE adds CLIP-L's attention and MLP layers as `text_encoder.text_model.encoder...`, the names
+diffusers' loader and ComfyUI's diffusers-LoRA key map give CLIP-L. LoHa/LoKr modules keep LyCORIS's suffixes on
+the same names, which ComfyUI reads.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from traintrain.networks.targeting import Target
 KEY_PREFIX = "transformer."
 ATTENTION_PREFIXES = ("attn.", "attn2.", "attention.")  # Flux / SD3, SD3.5's second attention, Z-Image
 BLOCK_CONTAINERS = {"FluxTransformerBlock": "D", "FluxSingleTransformerBlock": "S"}
+# The CLIP-L text encoder's LoRA (block BASE) in diffusers' names, as FluxLoraLoaderMixin reads them:
+# `text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight` (T5 is never trained).
+TEXT_ENCODER_PREFIXES = ("text_encoder",)
 # kohya's LoRA suffixes -> diffusers/PEFT's, for the modules whose file names differ (LoRA's two factors).
 SAVED_SUFFIXES = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
 

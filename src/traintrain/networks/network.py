@@ -15,11 +15,13 @@ from traintrain.errors import UserError
 from traintrain.models.families import SD3_KOHYA_VERSIONS, SPECS, TRANSFORMER_FAMILIES, Family
 from traintrain.networks.base import AdapterModule
 from traintrain.networks.flux_targeting import SAVED_SUFFIXES as FLUX_SAVED_SUFFIXES
+from traintrain.networks.flux_targeting import TEXT_ENCODER_PREFIXES as FLUX_TEXT_ENCODER_PREFIXES
 from traintrain.networks.flux_targeting import flux_targets, resolve_flux_blocks
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.lierla import LoRAModule
 from traintrain.networks.loha import LoHaModule
 from traintrain.networks.lokr import LoKrModule
+from traintrain.networks.sd3_targeting import TEXT_ENCODER_PREFIXES as SD3_TEXT_ENCODER_PREFIXES
 from traintrain.networks.sd3_targeting import resolve_sd3_blocks, sd3_targets
 from traintrain.networks.targeting import resolve_blocks, text_encoder_targets, unet_targets
 from traintrain.networks.zimage_targeting import resolve_zimage_blocks, zimage_targets
@@ -95,29 +97,35 @@ class AdapterNetwork(nn.Module):
         # (diffusers, ComfyUI, PEFT) then applies with the scale 1 a missing alpha means.
         self.alpha_in_factors = False
         text = []
-        # the transformer only: text-encoder training on Flux / SD3 is not built
+        # The CLIP text encoders' names: kohya's (lora_te1_...) on the SD families, diffusers' (text_encoder.,
+        # text_encoder_2.) beside the transformer's diffusers names on Flux / SD3; Z-Image's Qwen3 is not trained.
+        text_prefixes = components.spec.text_encoder_prefixes
         if components.family is Family.FLUX:
             unet = flux_targets(components.transformer, blocks=resolve_flux_blocks(spec.blocks, components.transformer),
                                 element=spec.element)
             self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
+            text_prefixes = FLUX_TEXT_ENCODER_PREFIXES
         elif components.family is Family.SD3:
             unet = sd3_targets(components.transformer, blocks=resolve_sd3_blocks(spec.blocks, components.transformer),
                                element=spec.element)
             self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
             self.alpha_in_factors = True
+            text_prefixes = SD3_TEXT_ENCODER_PREFIXES
         elif components.family is Family.ZIMAGE:  # no .alpha keys either (networks/zimage_targeting.py)
             unet = zimage_targets(components.transformer, element=spec.element,
                                   blocks=resolve_zimage_blocks(spec.blocks, components.transformer))
             self.saved_suffixes = dict(FLUX_SAVED_SUFFIXES)
             self.alpha_in_factors = True
+            text_prefixes = ()
         else:
             unet = unet_targets(
                 components.unet, blocks=resolve_blocks(spec.blocks, components.unet), element=spec.element,
                 with_conv_blocks=spec.with_conv_blocks, sgm_names=components.family == Family.SDXL,
             )
-        if spec.trains_text_encoder and components.family not in TRANSFORMER_FAMILIES:
-            for prefix, encoder in zip(components.spec.text_encoder_prefixes, components.text_encoders, strict=False):
-                text += text_encoder_targets(encoder, prefix)
+        if spec.trains_text_encoder:
+            diffusers_names = components.family in TRANSFORMER_FAMILIES
+            for prefix, encoder in zip(text_prefixes, components.text_encoders, strict=False):  # T5 is never trained
+                text += text_encoder_targets(encoder, prefix, diffusers_names=diffusers_names)
         if not unet and not text:
             raise UserError(
                 "network_blocks / network_element select no layer to train; select more blocks or use element Full"

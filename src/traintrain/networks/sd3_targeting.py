@@ -4,10 +4,12 @@ Blocks are chosen in SD3's own terms: `J{n}` is the reference code's `joint_bloc
 `transformer_blocks.n`). Every Linear inside a selected block is adapted (both streams' attention
 projections, MLPs and modulations, and SD3.5 Medium's second attention), as kohya's SD3 LoRAs do.
 
-Saved names are diffusers' (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, with `.alpha`), as
-for Flux: `StableDiffusion3Pipeline.load_lora_weights` reads them, and ComfyUI's SD3 key map
-(`comfy/lora.py` model_lora_keys_unet for SD3) maps diffusers' `transformer.transformer_blocks.N.*` names
-to its MMDiT, the same way it reads Flux's.
+Saved names are diffusers' (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`) with alpha / rank
+multiplied into the factors and no `.alpha` keys (which the loader refuses):
+`StableDiffusion3Pipeline.load_lora_weights` reads them, and ComfyUI's SD3 key map (`comfy/lora.py`
+model_lora_keys_unet for SD3) maps diffusers' `transformer.transformer_blocks.N.*` names to its MMDiT, the
+same way it reads Flux's. Block BASE adds the CLIP-L and CLIP-G attention and MLP layers as
+`text_encoder.text_model.encoder...` and `text_encoder_2.text_model.encoder...`, alpha folded in as for the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from traintrain.networks.flux_targeting import linear_targets, resolve_transform
 from traintrain.networks.targeting import Target
 
 BLOCK_CONTAINERS = {"JointTransformerBlock": "J"}
+# CLIP-L's and CLIP-G's LoRA (block BASE) in diffusers' names, as SD3LoraLoaderMixin reads them (T5 is never trained).
+TEXT_ENCODER_PREFIXES = ("text_encoder", "text_encoder_2")
 
 
 def sd3_block_ids(transformer) -> tuple[str, ...]:

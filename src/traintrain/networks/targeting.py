@@ -116,8 +116,10 @@ def unet_targets(
     return [Target("lora_unet_" + names[path].replace(".", "_"), *found[path]) for path in found]
 
 
-def text_encoder_targets(text_encoder, prefix: str) -> list[Target]:
-    """Attention and MLP layers of a CLIP text encoder, named `{prefix}_text_model_encoder_...`."""
+def text_encoder_targets(text_encoder, prefix: str, *, diffusers_names: bool = False) -> list[Target]:
+    """Attention and MLP layers of a CLIP text encoder (T5 and Qwen3 have neither class: never adapted), named
+    as kohya does, `{prefix}_text_model_encoder_...`, or with `diffusers_names` as diffusers' LoRA files of the
+    transformer families do, `{prefix}.text_model.encoder...` (`text_encoder.`, SD3's CLIP-G `text_encoder_2.`)."""
     targets = []
     for path, container in text_encoder.named_modules():
         if type(container).__name__ not in TEXT_ENCODER_CLASSES:
@@ -125,6 +127,7 @@ def text_encoder_targets(text_encoder, prefix: str) -> list[Target]:
         for child_name, child, _ in _trainable_children(container, include_kxk=False):
             full = f"{path}.{child_name}"
             if not full.startswith("text_model."):
-                full = "text_model." + full  # transformers 5 drops the prefix kohya names keep
-            targets.append(Target(f"{prefix}_" + full.replace(".", "_"), child, TEXT_ENCODER_BLOCK, False))
+                full = "text_model." + full  # transformers 5 drops the prefix kohya and diffusers names keep
+            name = f"{prefix}.{full}" if diffusers_names else f"{prefix}_" + full.replace(".", "_")
+            targets.append(Target(name, child, TEXT_ENCODER_BLOCK, False))
     return targets
