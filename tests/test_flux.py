@@ -22,7 +22,7 @@ from traintrain.models.families import Family, is_flux_checkpoint
 from traintrain.models.flux_keys import bfl_to_diffusers, diffusers_to_bfl
 from traintrain.models.loading import load_model, read_checkpoint, read_weight_shapes
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
-from traintrain.modes.flow_matching import flow_matching_step_loss, pack, sigmas_for, transformer_predict, unpack
+from traintrain.modes.flow_matching import flow_matching_step_loss, pack, transformer_predict, unpack
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 
@@ -116,12 +116,9 @@ def test_transformer_alone_names_the_files_to_add(tmp_path, flux):
         load_model(single)
 
 
-def test_packing_and_sigmas():
+def test_packing():  # the noise levels: tests/test_flow_schedule.py
     latents = torch.randn(2, 16, 8, 6)
     assert pack(latents).shape == (2, 12, 64) and torch.equal(unpack(pack(latents), 8, 6), latents)
-    sigmas = sigmas_for(torch.tensor([0, 499, 999]), 16)
-    assert sigmas[-1] == pytest.approx(1.0) and 0 < sigmas[0] < sigmas[1] < 1
-    assert sigmas_for(torch.tensor([499]), 4096)[0] > sigmas[1]  # bigger images, noisier timesteps
 
 
 def _config(**values) -> TrainConfig:

@@ -20,11 +20,11 @@ from traintrain.jobs.runner import run_job
 from traintrain.models.checkpoint_kinds import checkpoint_family, tensor_shapes
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.families import Family, is_flux_checkpoint, is_sd3_checkpoint
-from traintrain.models.loading import config_template, load_model, read_checkpoint, read_weight_shapes
+from traintrain.models.loading import load_model, read_checkpoint, read_weight_shapes
 from traintrain.models.sd3_keys import diffusers_to_sd3
 from traintrain.models.sd3_tiny import write_sd3_single_file
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
-from traintrain.modes.flow_matching import SD3_SHIFT, flow_matching_step_loss, shifted_sigmas, transformer_predict
+from traintrain.modes.flow_matching import flow_matching_step_loss, transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 
@@ -130,14 +130,6 @@ def test_conditioning_matches_the_pipeline(sd3):
         hidden, _, pooled, _ = pipe.encode_prompt(["a photo of a cat", "dog"], None, None,
                                                   do_classifier_free_guidance=False, max_sequence_length=16)
     assert torch.allclose(ours.hidden, hidden, atol=1e-6) and torch.allclose(ours.pooled, pooled, atol=1e-6)
-
-
-def test_sigmas_follow_the_scheduler_shift():
-    assert config_template(Family.SD3, "scheduler")["shift"] == SD3_SHIFT == 3.0
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config_template(Family.SD3, "scheduler"))
-    timesteps = torch.tensor([0, 250, 999])
-    expected = scheduler.sigmas[999 - timesteps]  # the scheduler lists them from the noisiest down
-    assert torch.allclose(shifted_sigmas(timesteps, SD3_SHIFT), expected, atol=1e-6)
 
 
 def _config(**values) -> TrainConfig:
