@@ -134,3 +134,26 @@ def test_sd3_and_zimage_jobs_report_their_estimate(tmp_path, family, model, name
     messages = [e for e in events if isinstance(e, Message)]
     assert any(m.text.startswith("estimate: peak") for m in messages)
     assert not any("estimate" in m.text for m in messages if m.level == "warning")
+
+
+@pytest.mark.parametrize("family", [Family.FLUX, Family.SD3])
+def test_transformer_runs_count_clip_adapters_and_leave_t5_out(family):
+    """Block BASE trains CLIP's adapters there (counted as the real network has them); T5 waits on the CPU while
+    training (models/t5_offload.py), so its weights are not on the device."""
+    from traintrain.models.t5_offload import t5_encoder
+
+    components = build_tiny_components(family)
+    with_base = run_estimate(components)
+    transformer_only = NetworkSpec(rank=4, alpha=4, blocks=[b for b in ALL_BLOCK_IDS if b != "BASE"])
+    without_base = estimate.estimate_run(components, transformer_only, TrainConfig(image_size=[256, 256]), CPU,
+                                         torch.float32, torch.float32)
+    real = AdapterNetwork(components, SPEC).apply()
+    transformer_values = sum(p.numel() for m in real.unet_modules for p in m.parameters())
+    all_values = transformer_values + sum(p.numel() for m in real.text_encoder_modules for p in m.parameters())
+    assert all_values > transformer_values  # CLIP's adapters exist ...
+    assert with_base.network * transformer_values == without_base.network * all_values  # ... and are counted
+    def size(part) -> int:
+        return sum(t.numel() * t.element_size() for t in (*part.parameters(), *part.buffers()))
+
+    everything = sum(size(part) for part in (components.denoiser, components.vae, *components.text_encoders))
+    assert with_base.weights == everything - size(t5_encoder(components))

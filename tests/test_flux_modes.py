@@ -204,7 +204,7 @@ def test_the_meta_trace_keeps_what_a_real_flux_step_keeps(root):
 def test_an_8bit_base_holds_flux_and_trains(precision):
     """train_model_precision int8/fp8 on Flux: the transformer's and both encoders' Linear layers in 8 bits
     (T5 casts its `wo` input to that layer's weight dtype unless it is int8: fp8 bytes are kept as int8),
-    outputs close to the float model's, and the adapter gets gradients."""
+    outputs close to the float model's, and the adapter (on the transformer and CLIP-L) gets gradients."""
     from traintrain.models.quantize import QuantizedLinear
     from traintrain.models.tiny import build_tiny_components
     from traintrain.modes.flow_matching import flow_matching_step_loss
@@ -223,6 +223,7 @@ def test_an_8bit_base_holds_flux_and_trains(precision):
         got = transformer_predict(components, latents, sigmas, cond8)
     assert (got - expected).abs().mean() < 0.05 * expected.abs().mean()
     network = AdapterNetwork(components, NetworkSpec(rank=2, alpha=2, blocks=list(ALL_BLOCK_IDS))).apply()
+    cond8 = encode_prompts(components, ["a red circle"])  # through CLIP's adapters (block BASE) on 8-bit layers
     config = TrainConfig(train_min_timesteps=0, train_max_timesteps=1000)
     loss = flow_matching_step_loss(components, latents, cond8, config, torch.Generator().manual_seed(0))
     loss.backward()

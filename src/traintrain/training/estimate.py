@@ -7,7 +7,8 @@ and precision is traced:
 the tensors autograd keeps for the backward pass are the activation memory, and
 `torch.utils.flop_counter` gives the step's floating-point operations. Attention is counted as the
 fused kernels (flash / memory-efficient SDPA) run it on a GPU and on a recent CPU: without the
-B x heads x N x N weights. Weights are the frozen model's real bytes as loaded; the network adds
+B x heads x N x N weights. Weights are the frozen model's real bytes as loaded (without T5, which waits on
+the CPU while training: models/t5_offload.py); the network adds
 its weights, gradients and the optimizer's states.
 
 Seconds per step = FLOPs / the device's measured matmul rate / an efficiency, plus a per-layer
@@ -24,7 +25,8 @@ import torch
 from torch.nn import functional as F
 
 from traintrain.choices import Optimizer
-from traintrain.models.families import SD_FAMILIES, Family
+from traintrain.models.families import Family
+from traintrain.models.t5_offload import t5_encoder
 from traintrain.models.tokenizers import MAX_LENGTH
 from traintrain.training.events import Message, Reporter
 
@@ -76,7 +78,9 @@ def estimate_run(components, spec, config, device: torch.device, model_dtype: to
                                                       config.use_gradient_checkpointing)
     inputs = _meta_inputs(components, denoiser, batch, height, width, model_dtype)
     activations, forward_flops, backward_flops = _trace_step(denoiser, inputs)
-    weights = sum(_bytes(part) for part in (components.denoiser, components.vae, *components.text_encoders))
+    offloaded = t5_encoder(components)  # on the CPU while training (models/t5_offload.py)
+    weights = sum(_bytes(part) for part in (components.denoiser, components.vae, *components.text_encoders)
+                  if part is not offloaded)
     state = STATE_BYTES.get(config.train_optimizer, DEFAULT_STATE_BYTES)
     network = network_values * (2 * torch.finfo(lora_dtype).bits // 8 + state)
     flops = (forward_flops * (1 + frozen_passes) + backward_flops) * config.gradient_accumulation_steps
@@ -160,9 +164,9 @@ def _meta_denoiser(components, spec, dtype: torch.dtype, checkpointing: bool):
     denoiser.requires_grad_(False)
     values = sum(p.numel() for p in network.parameters())
     layers = len(network.unet_modules) + sum(1 for module in denoiser.modules() if not list(module.children()))
-    if spec.trains_text_encoder and components.family in SD_FAMILIES:  # AdapterNetwork trains no Flux encoder
-        for prefix, encoder in zip(components.spec.text_encoder_prefixes, components.text_encoders, strict=False):
-            for target in text_encoder_targets(encoder, prefix):
+    if spec.trains_text_encoder:  # CLIP encoders only: T5 and Qwen3 have no target layers
+        for encoder in components.text_encoders:
+            for target in text_encoder_targets(encoder, "te"):  # the name does not change the count
                 weight: torch.Tensor = target.module.weight  # type: ignore[assignment]  # a Linear's (out, in)
                 values += spec.rank * sum(weight.shape)
                 layers += 1
