@@ -277,3 +277,33 @@ def test_a_model_without_guidance_input_ignores_the_setting(guidance_seen):
                                TrainConfig(train_flux_guidance=guidance)) for guidance in (1.0, 3.5)]
     assert guidance_seen == [None] * 4
     assert torch.equal(losses[0], losses[1]) and torch.equal(predictions[0], predictions[1])
+
+
+@pytest.mark.parametrize("family", [Family.FLUX, Family.SD3, Family.ZIMAGE])
+def test_gradient_checkpointing_trains_as_without(family):
+    """use_gradient_checkpointing on the transformer families: the same loss and adapter gradients (recomputed,
+    not changed), and T5 (dropout 0.1) stays in eval mode, so a prompt encodes the same every time."""
+    from traintrain.models.tiny import build_tiny_components
+    from traintrain.modes.flow_matching import flow_matching_step_loss
+
+    results = []
+    for checkpointing in (False, True):
+        components = build_tiny_components(family)
+        freeze_model(components, torch.device("cpu"), torch.float32, checkpointing)
+        assert components.denoiser.is_gradient_checkpointing is checkpointing
+        torch.manual_seed(0)  # the same adapter both times
+        network = AdapterNetwork(components, NetworkSpec(rank=2, alpha=2, blocks=list(ALL_BLOCK_IDS))).apply()
+        for module in network.modules():
+            if hasattr(module, "lora_up"):
+                torch.nn.init.normal_(module.lora_up.weight, std=0.1)  # non-zero, so every factor gets a gradient
+        first, again = (encode_prompts(components, ["a red circle"]) for _ in range(2))
+        assert torch.equal(first.hidden, again.hidden)
+        latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+        config = TrainConfig(train_min_timesteps=0, train_max_timesteps=1000)
+        loss = flow_matching_step_loss(components, latents, first, config, torch.Generator().manual_seed(0))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in network.parameters()]))
+    (plain_loss, plain_grads), (checkpointed_loss, checkpointed_grads) = results
+    assert torch.allclose(plain_loss, checkpointed_loss, atol=1e-6)
+    for plain, checkpointed in zip(plain_grads, checkpointed_grads, strict=True):
+        assert torch.allclose(plain, checkpointed, atol=1e-5)

@@ -43,6 +43,14 @@ def noise_scheduler(v_prediction: bool) -> DDPMScheduler:
     return DDPMScheduler(**NOISE_SCHEDULE, prediction_type="v_prediction" if v_prediction else "epsilon")
 
 
+def trainable_text_encoder(encoder) -> bool:
+    """A CLIP encoder, which block BASE can adapt; T5 and Qwen3 are never trained, so they need no
+    checkpointing and stay in eval mode."""
+    from traintrain.networks.targeting import TEXT_ENCODER_CLASSES
+
+    return any(type(module).__name__ in TEXT_ENCODER_CLASSES for module in encoder.modules())
+
+
 def freeze_model(components, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool,
                  vae_dtype: torch.dtype | None = None, *, weights: ModelPrecision | None = None,
                  report: Reporter | None = None, compiled: bool = False) -> None:
@@ -69,6 +77,8 @@ def freeze_model(components, device: torch.device, dtype: torch.dtype, gradient_
         components.denoiser.enable_gradient_checkpointing()
         components.denoiser.train()  # diffusers only checkpoints in training mode
         for encoder in components.text_encoders:
+            if not trainable_text_encoder(encoder):
+                continue  # T5 (dropout 0.1) would drop out in training mode: random prompts; it never trains
             # transformers 5 renamed it; the old name still works there but warns
             enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
             enable()
