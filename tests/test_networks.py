@@ -133,6 +133,24 @@ def test_saved_tensors_round_trip_and_strength():
         small.load_tensors(tensors)
 
 
+def test_a_file_with_or_without_the_text_encoder_part_names_block_base():
+    """Resuming across block BASE (a file trained with the text encoder, or without it) says which way to set it."""
+    blocks = spec().blocks
+    with_base = AdapterNetwork(tiny_components(), spec()).tensors_for_save(torch.float32)
+    without_base = AdapterNetwork(tiny_components(), spec(blocks=[b for b in blocks if b != "BASE"]))
+    with pytest.raises(UserError) as caught:
+        without_base.load_tensors(with_base)
+    assert caught.value.fix == "the file also trains the text encoder: add BASE to network_blocks"
+    with pytest.raises(UserError) as caught:
+        AdapterNetwork(tiny_components(), spec()).load_tensors(without_base.tensors_for_save(torch.float32))
+    assert caught.value.fix == "the file has no text-encoder part: leave BASE out of network_blocks"
+    assert caught.value.field == "network_resume"
+    other_blocks = AdapterNetwork(tiny_components(), spec(blocks=["BASE", "IN01"]))
+    with pytest.raises(UserError) as caught:
+        other_blocks.load_tensors(with_base)
+    assert caught.value.fix == "use the same model, network type, blocks and element"
+
+
 def full_size(family):
     """The real architecture of a family, on the meta device (no memory), from the bundled configs."""
     folders = ["text_encoder", "text_encoder_2"] if family is Family.SDXL else ["text_encoder"]

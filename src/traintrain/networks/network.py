@@ -31,6 +31,7 @@ MODULE_CLASSES: dict[NetworkType, type[LoRAModule] | type[LoHaModule] | type[LoK
     NetworkType.LIERLA: LoRAModule, NetworkType.C3LIER: LoRAModule, NetworkType.LOHA: LoHaModule,
     NetworkType.LOKR: LoKrModule,
 }
+TEXT_ENCODER_STEMS = ("lora_te", "text_encoder")  # text-encoder module names: kohya's, diffusers' layout
 LYCORIS_ALGOS = {NetworkType.C3LIER: "locon", NetworkType.LOHA: "loha", NetworkType.LOKR: "lokr"}
 
 
@@ -203,10 +204,8 @@ class AdapterNetwork(nn.Module):
         extra = sorted(stems - names)
         if missing or extra:
             detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-            raise UserError(
-                f"{source}: does not match this network ({detail}); "
-                "use the same model, network type, blocks and element"
-            )
+            raise UserError(f"{source}: does not match this network ({detail})", self._mismatch_fix(missing, extra),
+                            field="network_resume")
         for module in self.all_modules:
             prefix = module.lora_name + "."
             own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -214,6 +213,16 @@ class AdapterNetwork(nn.Module):
                 module.load_saved_tensors(own)
             except ValueError as exc:
                 raise UserError(f"{source}: {exc}; use the same rank, network type and model as the file") from None
+
+    def _mismatch_fix(self, missing: list[str], extra: list[str]) -> str:
+        """What to change when a file's modules differ from this network's: block BASE when only the
+        text-encoder part differs (a file trained without it, or with it), else the usual suspects."""
+        text_encoder = {m.lora_name for m in self.text_encoder_modules}
+        if missing and set(missing) <= text_encoder:
+            return "the file has no text-encoder part: leave BASE out of network_blocks"
+        if extra and not missing and not text_encoder and all(name.startswith(TEXT_ENCODER_STEMS) for name in extra):
+            return "the file also trains the text encoder: add BASE to network_blocks"
+        return "use the same model, network type, blocks and element"
 
     def resume_from(self, path) -> None:
         """Continue training from a saved file (network_resume): same model, type, rank, blocks."""
