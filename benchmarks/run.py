@@ -1,7 +1,7 @@
 """Training speed and memory of our trainer against its floor and a diffusers-style reference (issue 15).
 
     python benchmarks/run.py            # the tiny model and SD1.5's architecture at 64 px (CPU), or the GPU sizes
-    python benchmarks/run.py --quick    # the tiny model only
+    python benchmarks/run.py --quick    # the tiny model only, without the compiled variants (minutes of compiling)
     python benchmarks/run.py --json     # the same figures as JSON
     python benchmarks/run.py --size "SD1.5 512px b1"   # only the sizes named
 
@@ -225,7 +225,8 @@ def chosen_sizes(args) -> list[Case]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the tiny model only")
+    parser.add_argument("--quick", action="store_true", help="the tiny model only, and no compiled variant unless "
+                        "--variant compiled asks for it (a cold compile takes minutes on a CPU)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--size", action="append", help="only this size (repeatable), by its name in the table")
     parser.add_argument("--threads", type=int, help="CPU threads per variant (default: torch's); 1 on a busy machine, "
@@ -244,7 +245,8 @@ def main() -> None:
 
     started, sizes = time.perf_counter(), chosen_sizes(args)
     variants = [(mode, variant) for mode, variant in VARIANTS
-                if (not args.mode or mode in args.mode) and (not args.variant or variant in args.variant)]
+                if (not args.mode or mode in args.mode) and (variant in args.variant if args.variant else
+                                                             not (args.quick and variant == "compiled"))]
     if args.steps:
         sizes = [dataclasses.replace(case, warmup=1, steps=args.steps) for case in sizes]
     with tempfile.TemporaryDirectory(prefix="traintrain-bench-") as tmp:
