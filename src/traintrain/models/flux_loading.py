@@ -12,6 +12,7 @@ A single file carries no config: dimensions are read from the tensor shapes into
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,25 +109,14 @@ def load_flux_single_file(path: Path, tokenizer_dir=None, report: Reporter = ign
                            "transformer")
     clip_source, clip_state = parts["CLIP-L text encoder"]
     t5_source, t5_state = parts["T5-XXL text encoder"]
-    vae_source, vae_state = parts["VAE"]
     encoders = [_clip(clip_source, clip_state, tokenizers[0]), _t5(t5_source, t5_state)]
-    return ModelComponents(Family.FLUX, transformer, _vae(vae_source, vae_state), encoders, tokenizers,
-                           source=str(path))
+    vae = ldm_vae(*parts["VAE"], Family.FLUX, _odd)
+    return ModelComponents(Family.FLUX, transformer, vae, encoders, tokenizers, source=str(path))
 
 
 def find_companions(path: Path, state: dict[str, torch.Tensor]) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
     """Each companion's source file and tensors (prefix removed); a UserError names every one not found."""
-    found, missing = {}, []
-    for companion in COMPANIONS:
-        inside = {k[len(companion.prefix):]: v for k, v in state.items() if k.startswith(companion.prefix)}
-        if inside:
-            found[companion.name] = (path, inside)
-            continue
-        file = companion_file(path, companion)
-        if file is None:
-            missing.append(companion)
-        else:
-            found[companion.name] = (file, read_checkpoint(file))
+    found, missing = locate_companions(path, state, COMPANIONS)
     if missing:
         names = ", ".join(f"the {c.name} ({c.example})" for c in missing)
         raise UserError(
@@ -136,6 +126,23 @@ def find_companions(path: Path, state: dict[str, torch.Tensor]) -> dict[str, tup
             field="model",
         )
     return found
+
+
+def locate_companions(path: Path, state: dict[str, torch.Tensor], companions, optional=()
+                      ) -> tuple[dict[str, tuple[Path, dict[str, torch.Tensor]]], list[Companion]]:
+    """Each companion's source file and tensors (prefix removed): inside the model file, else a file beside it or
+    in the sibling folders; and the companions found nowhere (the `optional` ones left out), for each family to
+    name in its own error."""
+    found, missing = {}, []
+    for companion in companions:
+        inside = {k[len(companion.prefix):]: v for k, v in state.items() if k.startswith(companion.prefix)}
+        if inside:
+            found[companion.name] = (path, inside)
+        elif (file := companion_file(path, companion)) is not None:
+            found[companion.name] = (file, read_checkpoint(file))
+        elif companion not in optional:
+            missing.append(companion)
+    return found, missing
 
 
 def companion_file(path: Path, companion: Companion) -> Path | None:
@@ -208,13 +215,15 @@ def _t5(source: Path, weights: dict[str, torch.Tensor]) -> T5EncoderModel:
     return assemble(lambda c: T5EncoderModel(T5Config(**c)), config, lambda m: weights, source, "T5 text encoder")
 
 
-def _vae(source: Path, weights: dict[str, torch.Tensor]) -> AutoencoderKL:
-    """The VAE from LDM-layout keys (`encoder.down.*`, as BFL's ae.safetensors holds them)."""
+def ldm_vae(source: Path, weights: dict[str, torch.Tensor], family: Family,
+            odd: Callable[[Path, str, BaseException], UserError]) -> AutoencoderKL:
+    """A 16-channel VAE from LDM-layout keys (`encoder.down.*`, as BFL's ae.safetensors holds them, or with
+    `first_stage_model.` removed); `odd` words the family's error for weights that do not fit."""
     state = {VAE_PREFIX + key.removeprefix(VAE_PREFIX): value for key, value in weights.items()}
     try:
-        config = vae_config_from_ldm(Family.FLUX, state)
+        config = vae_config_from_ldm(family, state)
     except (KeyError, IndexError, ValueError) as error:
-        raise _odd(source, "VAE", error) from error
+        raise odd(source, "VAE", error) from error
     return assemble(AutoencoderKL.from_config, config, lambda m: convert_ldm_vae_checkpoint(state, config), source,
                     "VAE")
 

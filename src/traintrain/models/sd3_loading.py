@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 from diffusers.loaders.single_file_utils import (
-    convert_ldm_vae_checkpoint,
     convert_sd3_transformer_checkpoint_to_diffusers,
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5EncoderModel
@@ -27,7 +26,7 @@ from traintrain.models.components import ModelComponents
 from traintrain.models.discovery import pipeline_class, require_parts
 from traintrain.models.families import FLUX_PREFIXES, Family
 from traintrain.models.flow_schedule import folder_scheduler_config
-from traintrain.models.flux_loading import Companion, _t5, companion_file
+from traintrain.models.flux_loading import Companion, _t5, ldm_vae, locate_companions
 from traintrain.models.ldm_convert import VAE_PREFIX
 from traintrain.models.loading import (
     _count,
@@ -36,7 +35,6 @@ from traintrain.models.loading import (
     load_pretrained,
     read_checkpoint,
     text_encoder_heads,
-    vae_config_from_ldm,
 )
 from traintrain.models.sd3_keys import joint_block_count
 from traintrain.models.sd3_text import find_sd3_tokenizers
@@ -109,20 +107,13 @@ def load_sd3_single_file(path: Path, tokenizer_dir=None, report: Reporter = igno
                                                       (CLIP_G, tokenizers[1], "text_encoder_2"))]
     if T5.name in parts:
         encoders.append(_t5(*parts[T5.name]))
-    return ModelComponents(Family.SD3, transformer, _vae(*parts[VAE.name]), encoders, tokenizers, source=str(path))
+    vae = ldm_vae(*parts[VAE.name], Family.SD3, _odd)
+    return ModelComponents(Family.SD3, transformer, vae, encoders, tokenizers, source=str(path))
 
 
 def find_companions(path: Path, state: dict[str, torch.Tensor]) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
     """Each part's source file and tensors (prefix removed); T5 may be missing, the rest is named in one error."""
-    found, missing = {}, []
-    for companion in COMPANIONS:
-        inside = {k[len(companion.prefix):]: v for k, v in state.items() if k.startswith(companion.prefix)}
-        if inside:
-            found[companion.name] = (path, inside)
-        elif (file := companion_file(path, companion)) is not None:
-            found[companion.name] = (file, read_checkpoint(file))
-        elif companion not in OPTIONAL:
-            missing.append(companion)
+    found, missing = locate_companions(path, state, COMPANIONS, OPTIONAL)
     if missing:
         names = ", ".join(f"the {c.name} ({c.example})" for c in missing)
         raise UserError(
@@ -190,17 +181,6 @@ def _clip(source: Path, weights: dict[str, torch.Tensor], tokenizer, companion: 
 
     return assemble(lambda c: CLIPTextModelWithProjection(CLIPTextConfig.from_dict(c)), config, own_weights, source,
                     companion.name)
-
-
-def _vae(source: Path, weights: dict[str, torch.Tensor]) -> AutoencoderKL:
-    """The 16-channel VAE from LDM-layout keys (`first_stage_model.` removed, or a bare VAE file)."""
-    state = {VAE_PREFIX + key.removeprefix(VAE_PREFIX): value for key, value in weights.items()}
-    try:
-        config = vae_config_from_ldm(Family.SD3, state)
-    except (KeyError, IndexError, ValueError) as error:
-        raise _odd(source, "VAE", error) from error
-    return assemble(AutoencoderKL.from_config, config, lambda m: convert_ldm_vae_checkpoint(state, config), source,
-                    "VAE")
 
 
 def _without_t5(path: Path) -> Message:

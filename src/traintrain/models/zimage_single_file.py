@@ -13,16 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from traintrain.errors import UserError
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.flux_loading import COMPANIONS as FLUX_COMPANIONS
-from traintrain.models.flux_loading import Companion, companion_file
-from traintrain.models.ldm_convert import VAE_PREFIX
-from traintrain.models.loading import _count, assemble, config_template, read_checkpoint, vae_config_from_ldm
+from traintrain.models.flux_loading import Companion, ldm_vae, locate_companions
+from traintrain.models.loading import _count, assemble, config_template, read_checkpoint
 from traintrain.models.zimage_keys import MODULATION, reference_to_diffusers, transformer_config, transformer_weights
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
 from traintrain.training.events import Reporter, ignore
@@ -53,21 +50,13 @@ def load_zimage_single_file(path: Path, tokenizer_dir=None, report: Reporter = i
     transformer = assemble(transformer_class.from_config, config,
                            lambda m: reference_to_diffusers(weights), path, "transformer")
     encoder = qwen3_encoder(*parts[QWEN3.name])
-    return ModelComponents(Family.ZIMAGE, transformer, _vae(*parts[VAE.name]), [encoder], [tokenizer],
-                           source=str(path))
+    vae = ldm_vae(*parts[VAE.name], Family.ZIMAGE, _odd)
+    return ModelComponents(Family.ZIMAGE, transformer, vae, [encoder], [tokenizer], source=str(path))
 
 
 def find_companions(path: Path, state: dict[str, torch.Tensor]) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
     """Each companion's source file and tensors (prefix removed); one UserError names every one not found."""
-    found, missing = {}, []
-    for companion in COMPANIONS:
-        inside = {k[len(companion.prefix):]: v for k, v in state.items() if k.startswith(companion.prefix)}
-        if inside:
-            found[companion.name] = (path, inside)
-        elif (file := companion_file(path, companion)) is not None:
-            found[companion.name] = (file, read_checkpoint(file))
-        else:
-            missing.append(companion)
+    found, missing = locate_companions(path, state, COMPANIONS)
     if missing:
         names = " and ".join(f"the {c.name} ({c.example})" for c in missing)
         places = " and ".join(f"{c.example} to {path.parent.parent / COMFYUI_FOLDERS[c.name]}" for c in missing)
@@ -98,17 +87,6 @@ def qwen3_encoder(source: Path, weights: dict[str, torch.Tensor]):
         raise _odd(source, QWEN3.name, error) from error
     return assemble(lambda c: zimage_class("Qwen3Model")(zimage_class("Qwen3Config")(**c)), config,
                     lambda m: weights, source, QWEN3.name)
-
-
-def _vae(source: Path, weights: dict[str, torch.Tensor]) -> AutoencoderKL:
-    """Flux's 16-channel VAE from LDM-layout keys (`encoder.down.*`, as ae.safetensors holds them)."""
-    state = {VAE_PREFIX + key.removeprefix(VAE_PREFIX): value for key, value in weights.items()}
-    try:
-        config = vae_config_from_ldm(Family.ZIMAGE, state)
-    except (KeyError, IndexError, ValueError) as error:
-        raise _odd(source, "VAE", error) from error
-    return assemble(AutoencoderKL.from_config, config, lambda m: convert_ldm_vae_checkpoint(state, config), source,
-                    "VAE")
 
 
 def _odd(source: Path, what: str, error: BaseException) -> UserError:
