@@ -17,10 +17,11 @@ from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
 from traintrain.models.checkpoint_kinds import checkpoint_family, tensor_shapes
+from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.families import Family, is_flux_checkpoint
 from traintrain.models.flux_keys import bfl_to_diffusers, diffusers_to_bfl
-from traintrain.models.loading import load_model, read_checkpoint, read_weight_shapes
+from traintrain.models.loading import load_model, read_weight_shapes
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.modes.flow_matching import flow_matching_step_loss, pack, transformer_predict, unpack
 from traintrain.networks.kohya_format import load_lora, save_lora

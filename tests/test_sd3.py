@@ -18,9 +18,10 @@ from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
 from traintrain.models.checkpoint_kinds import checkpoint_family, tensor_shapes
+from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.families import Family, is_flux_checkpoint, is_sd3_checkpoint
-from traintrain.models.loading import load_model, read_checkpoint, read_weight_shapes
+from traintrain.models.loading import load_model, read_weight_shapes
 from traintrain.models.sd3_keys import diffusers_to_sd3
 from traintrain.models.sd3_tiny import write_sd3_single_file
 from traintrain.models.tiny import build_tiny_components, write_tiny_model

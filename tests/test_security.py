@@ -10,7 +10,8 @@ from job_helpers import tiny_job
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
-from traintrain.models.loading import read_checkpoint, read_weight_shapes
+from traintrain.models.checkpoint_reading import read_checkpoint
+from traintrain.models.loading import read_weight_shapes
 from traintrain.presets import load_preset
 from traintrain.training.saving import OutputPlan, check_save_name
 

@@ -18,10 +18,11 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from traintrain.errors import UserError
+from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import SPECS, Family, detect_family_from_ldm_keys
 from traintrain.models.ldm_convert import VAE_PREFIX, vae_to_ldm
-from traintrain.models.loading import assemble, load_pretrained, read_checkpoint, vae_config_from_ldm
+from traintrain.models.loading import assemble, load_pretrained, vae_config_from_ldm
 from traintrain.training.events import Message, Reporter, ignore
 
 FIELD = "model_vae"

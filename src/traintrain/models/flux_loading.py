@@ -22,6 +22,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
 from traintrain.errors import UserError
+from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.discovery import pipeline_class, require_parts
 from traintrain.models.families import Family
@@ -37,7 +38,6 @@ from traintrain.models.loading import (
     build_text_encoder,
     config_template,
     load_pretrained,
-    read_checkpoint,
     vae_config_from_ldm,
 )
 from traintrain.training.events import Reporter, ignore

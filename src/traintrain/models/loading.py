@@ -8,9 +8,7 @@ test models load through the same path. Every failure is a one-line UserError.
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +21,12 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
 from traintrain.errors import UserError
 from traintrain.models.checkpoint_kinds import checkpoint_family, choose_unet_weights, no_ema_weights, tensor_shapes
+from traintrain.models.checkpoint_reading import first_line, read_checkpoint, safetensors_shapes, torch_load
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import TRANSFORMER_FAMILIES, Family
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
@@ -37,8 +35,6 @@ from traintrain.models.tokenizers import check_vocab_fits, find_tokenizers
 from traintrain.training.events import Reporter, ignore
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
-TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
-FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 
 
@@ -87,7 +83,7 @@ def _transformer_family(path: Path) -> Family | None:
         if is_zimage_folder(path):
             return Family.ZIMAGE
         return Family.FLUX if is_flux_folder(path) else Family.SD3 if is_sd3_folder(path) else None
-    shapes = _safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else {}
+    shapes = safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else {}
     return transformer_file_family(shapes)
 
 
@@ -125,23 +121,6 @@ def text_encoder_heads(hidden_size: int) -> int:
     return max(1, hidden_size // 64)
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a `.safetensors` or `.ckpt` file (unwrapping Lightning's `state_dict`)."""
-    if path.suffix.lower() == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise _corrupt_safetensors(path, error) from error
-    else:
-        state = _torch_load(path)
-    return {key: _upcast_float8(value) for key, value in state.items()}
-
-
-def _upcast_float8(tensor: torch.Tensor) -> torch.Tensor:
-    """fp8-stored checkpoints (common for SDXL) hold only storage values: no layer computes in them."""
-    return tensor.float() if tensor.dtype in FLOAT8_DTYPES else tensor
-
-
 @dataclass
 class WeightShapes:
     """What a model file's headers tell before any weight is read."""
@@ -167,9 +146,9 @@ def read_weight_shapes(path) -> WeightShapes:
         denoiser = path / ("transformer" if family in TRANSFORMER_FAMILIES else "unet")
         return WeightShapes(family, _folder_shapes(denoiser), [s for f in folders for s in _folder_shapes(f)])
     if path.suffix.lower() == ".safetensors":
-        shapes = _safetensors_shapes(path)
+        shapes = safetensors_shapes(path)
     else:
-        shapes = {key: tuple(value.shape) for key, value in _torch_load(path, mmap=True).items()}
+        shapes = {key: tuple(value.shape) for key, value in torch_load(path, mmap=True).items()}
     family = checkpoint_family(path, shapes)
     if family in TRANSFORMER_FAMILIES:  # text encoders and VAE may be separate files; a LoRA trains the transformer
         from traintrain.models.flux_loading import TRANSFORMER_ROOTS as FLUX_ROOTS
@@ -186,72 +165,8 @@ def read_weight_shapes(path) -> WeightShapes:
     )
 
 
-def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """safetensors checks on opening that the header is whole and the file covers every tensor."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise _corrupt_safetensors(path, error) from error
-
-
 def _folder_shapes(folder: Path) -> list[tuple[int, ...]]:
-    return [shape for file in sorted(folder.glob("*.safetensors")) for shape in _safetensors_shapes(file).values()]
-
-
-def _corrupt_safetensors(path: Path, error: BaseException) -> UserError:
-    return UserError(
-        f"{path}: truncated or corrupt safetensors file ({_first_line(error)}); download or export it again",
-        field="model",
-    )
-
-
-def _torch_load(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of a pickled checkpoint, read with weights_only: a pickle that would run code is refused."""
-    if path.suffix.lower() not in TORCH_SUFFIXES:
-        raise UserError(
-            f"{path}: unsupported model file type '{path.suffix}'; "
-            "give a .safetensors or .ckpt file, or a diffusers folder",
-            field="model",
-        )
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():
-            raise UserError(
-                f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model"
-            ) from error
-        raise UserError(
-            f"{path}: this .ckpt holds Python objects that need unsafe pickle loading; "
-            "use a .safetensors version of the model (or convert it with a tool you trust)",
-            field="model",
-        ) from error
-    except RuntimeError as error:
-        if mmap and "mmap" in str(error):  # the legacy (pre-zip) format cannot be memory-mapped
-            return _torch_load(path)
-        raise UserError(
-            f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model"
-        ) from error
-    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(
-            f"{path}: truncated or corrupt checkpoint ({_first_line(error)}); download it again", field="model"
-        ) from error
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise UserError(
-            f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt", field="model"
-        )
-    return dict(_tensors(data))
-
-
-def _tensors(data: dict, prefix: str = ""):
-    """(key, tensor) pairs, nested dicts flattened (`string_to_param.*` shows an embedding for what it is)."""
-    for key, value in data.items():
-        if isinstance(value, torch.Tensor):
-            yield prefix + str(key), value
-        elif isinstance(value, dict):
-            yield from _tensors(value, f"{prefix}{key}.")
+    return [shape for file in sorted(folder.glob("*.safetensors")) for shape in safetensors_shapes(file).values()]
 
 
 # ---- single files -------------------------------------------------------------------------------
@@ -420,7 +335,7 @@ def assemble(build, config: dict, convert, path: Path, what: str):
         model.load_state_dict(convert(model), strict=True, assign=True)
     except (RuntimeError, KeyError, ValueError) as error:
         raise UserError(
-            f"{path}: the {what} weights do not fit a {_architecture_name(config)} model ({_first_line(error)}); "
+            f"{path}: the {what} weights do not fit a {_architecture_name(config)} model ({first_line(error)}); "
             "the file is incomplete or an unsupported variant",
             field="model",
         ) from error
@@ -498,7 +413,7 @@ def load_pretrained(cls, path: Path, subfolder: str):
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise UserError(
-            f"{path / subfolder}: cannot load the weights ({_first_line(error)}); the folder is incomplete or corrupt",
+            f"{path / subfolder}: cannot load the weights ({first_line(error)}); the folder is incomplete or corrupt",
             field="model",
         ) from error
 
@@ -523,8 +438,3 @@ def _under(state, prefix: str, keep_prefix: bool = False) -> dict:
 def _count(weights, prefix: str) -> int:
     """How many numbered children `prefix{n}.` exist (layers, resnets, transformer blocks)."""
     return len({key[len(prefix) :].split(".")[0] for key in weights if key.startswith(prefix)})
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:200]

@@ -22,20 +22,14 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5EncoderModel
 
 from traintrain.errors import UserError
+from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.discovery import pipeline_class, require_parts
 from traintrain.models.families import FLUX_PREFIXES, Family
 from traintrain.models.flow_schedule import folder_scheduler_config
 from traintrain.models.flux_loading import Companion, _t5, ldm_vae, locate_companions
 from traintrain.models.ldm_convert import VAE_PREFIX
-from traintrain.models.loading import (
-    _count,
-    assemble,
-    config_template,
-    load_pretrained,
-    read_checkpoint,
-    text_encoder_heads,
-)
+from traintrain.models.loading import _count, assemble, config_template, load_pretrained, text_encoder_heads
 from traintrain.models.sd3_keys import joint_block_count
 from traintrain.models.sd3_text import find_sd3_tokenizers
 from traintrain.training.events import Message, Reporter, ignore

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from traintrain.errors import UserError
+from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.flux_loading import COMPANIONS as FLUX_COMPANIONS
 from traintrain.models.flux_loading import Companion, ldm_vae, locate_companions
-from traintrain.models.loading import _count, assemble, config_template, read_checkpoint
+from traintrain.models.loading import _count, assemble, config_template
 from traintrain.models.zimage_keys import MODULATION, reference_to_diffusers, transformer_config, transformer_weights
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
 from traintrain.training.events import Reporter, ignore

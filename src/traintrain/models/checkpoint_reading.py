@@ -1,0 +1,107 @@
+"""Reading the tensors of a model file: safetensors or a pickled checkpoint, safely and in one clear error.
+
+Every family's single-file loader reads through here, and so does the pre-flight's header check: a
+truncated file, a pickle that would run code or a file that is no checkpoint at all each give one
+UserError at the model field instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from traintrain.errors import UserError
+
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
+FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` or `.ckpt` file (unwrapping Lightning's `state_dict`)."""
+    if path.suffix.lower() == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise _corrupt_safetensors(path, error) from error
+    else:
+        state = torch_load(path)
+    return {key: _upcast_float8(value) for key, value in state.items()}
+
+
+def _upcast_float8(tensor: torch.Tensor) -> torch.Tensor:
+    """fp8-stored checkpoints (common for SDXL) hold only storage values: no layer computes in them."""
+    return tensor.float() if tensor.dtype in FLOAT8_DTYPES else tensor
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """safetensors checks on opening that the header is whole and the file covers every tensor."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _corrupt_safetensors(path, error) from error
+
+
+def _corrupt_safetensors(path: Path, error: BaseException) -> UserError:
+    return UserError(
+        f"{path}: truncated or corrupt safetensors file ({first_line(error)}); download or export it again",
+        field="model",
+    )
+
+
+def torch_load(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a pickled checkpoint, read with weights_only: a pickle that would run code is refused."""
+    if path.suffix.lower() not in TORCH_SUFFIXES:
+        raise UserError(
+            f"{path}: unsupported model file type '{path.suffix}'; "
+            "give a .safetensors or .ckpt file, or a diffusers folder",
+            field="model",
+        )
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise UserError(
+                f"{path}: truncated or corrupt checkpoint ({first_line(error)}); download it again", field="model"
+            ) from error
+        raise UserError(
+            f"{path}: this .ckpt holds Python objects that need unsafe pickle loading; "
+            "use a .safetensors version of the model (or convert it with a tool you trust)",
+            field="model",
+        ) from error
+    except RuntimeError as error:
+        if mmap and "mmap" in str(error):  # the legacy (pre-zip) format cannot be memory-mapped
+            return torch_load(path)
+        raise UserError(
+            f"{path}: truncated or corrupt checkpoint ({first_line(error)}); download it again", field="model"
+        ) from error
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(
+            f"{path}: truncated or corrupt checkpoint ({first_line(error)}); download it again", field="model"
+        ) from error
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path}: not a model checkpoint (no state dict inside); give a Stable Diffusion .ckpt", field="model"
+        )
+    return dict(_tensors(data))
+
+
+def _tensors(data: dict, prefix: str = ""):
+    """(key, tensor) pairs, nested dicts flattened (`string_to_param.*` shows an embedding for what it is)."""
+    for key, value in data.items():
+        if isinstance(value, torch.Tensor):
+            yield prefix + str(key), value
+        elif isinstance(value, dict):
+            yield from _tensors(value, f"{prefix}{key}.")
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]
