@@ -57,7 +57,8 @@ def test_step_0_preview_is_the_base_model(root, tmp_path):
     base = pipeline_from_components(load_model(config.model))
     base.set_progress_bar_config(disable=True)
     images = generate(base, ["tt, a red circle"], (64, 64), seed=result.seed, steps=2)
-    expected = labelled_grid([images] * len(MULTIPLIERS), [f"LoRA x{m:+g}" for m in MULTIPLIERS])
+    expected = labelled_grid([images] * len(MULTIPLIERS), [f"LoRA x{m:+g}" for m in MULTIPLIERS],
+                             row_titles=["tt, a red circle"])
     assert np.array_equal(as_array(before), np.asarray(expected).astype(int))
 
     for later in ("job_2steps_preview.png", "job_preview.png"):

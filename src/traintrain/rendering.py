@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,14 +182,35 @@ def generate(
     return images
 
 
-def labelled_grid(columns: list[list[Image.Image]], titles: list[str], header: int = 18) -> Image.Image:
-    """Columns of equally sized images under a title row."""
+def labelled_grid(columns: list[list[Image.Image]], titles: list[str], header: int = 18,
+                   row_titles: list[str] | None = None) -> Image.Image:
+    """Columns of equally sized images under a title row; with `row_titles`, each row's title (a
+    preview's prompt) in a strip on the left, so that a reader can tell the rows apart (iLECO's
+    Original from its Target)."""
     cell_w, cell_h = columns[0][0].size
     rows = len(columns[0])
-    grid = Image.new("RGB", (cell_w * len(columns), header + cell_h * rows), "white")
+    left = max(ROW_TITLE_MIN_WIDTH, cell_w // 2) if row_titles else 0
+    grid = Image.new("RGB", (left + cell_w * len(columns), header + cell_h * rows), "white")
     draw = ImageDraw.Draw(grid)
     for col, (title, images) in enumerate(zip(titles, columns, strict=False)):
-        draw.text((col * cell_w + 4, 3), title, fill="black")
+        draw.text((left + col * cell_w + 4, 3), title, fill="black")
         for row, image in enumerate(images):
-            grid.paste(image.resize((cell_w, cell_h)), (col * cell_w, header + row * cell_h))
+            grid.paste(image.resize((cell_w, cell_h)), (left + col * cell_w, header + row * cell_h))
+    for row, text in enumerate(row_titles or []):
+        lines = fitted_lines(text or "(empty prompt)", left - 8, cell_h - 6)
+        draw.multiline_text((4, header + row * cell_h + 3), "\n".join(lines), fill="black", spacing=2)
     return grid
+
+
+ROW_TITLE_MIN_WIDTH = 120  # pixels: about 20 characters a line in the default font
+CHAR_WIDTH, LINE_HEIGHT = 6, 12  # of the default font, in pixels
+
+
+def fitted_lines(text: str, width: int, height: int) -> list[str]:
+    """`text` wrapped to `width` pixels, cut to the lines that fit `height` ("..." marks a cut)."""
+    lines = textwrap.wrap(text, width=max(4, width // CHAR_WIDTH)) or [text]
+    fitting = max(1, height // LINE_HEIGHT)
+    if len(lines) > fitting:
+        lines = lines[:fitting]
+        lines[-1] = lines[-1][: max(1, len(lines[-1]) - 3)] + "..."
+    return lines

@@ -1,4 +1,5 @@
-"""Preview images after training: each prompt at LoRA multipliers -1, 0 and +1, one PNG grid.
+"""Preview images after training: each prompt at LoRA multipliers -1, 0 and +1, one PNG grid (a row per
+prompt, titled with it).
 
 Rendered by each family's stock diffusers pipeline (StableDiffusion(XL)Pipeline, FluxPipeline,
 StableDiffusion3Pipeline, ZImagePipeline: rendering.py) on the training model with the adapter hooked in,
@@ -53,7 +54,7 @@ def render_previews(config, components, network, copier, run, suffix: str = "") 
         if copier is not None:
             copier.set_enabled(True)
         denoiser.train(was_training)
-    grid = labelled_grid(columns, [f"LoRA x{m:+g}" for m in MULTIPLIERS])
+    grid = labelled_grid(columns, [f"LoRA x{m:+g}" for m in MULTIPLIERS], row_titles=prompts)
     with atomic_path(target) as tmp:
         grid.save(tmp, format="PNG")
     run.report(Written(str(target), PREVIEW))
