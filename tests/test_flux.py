@@ -11,6 +11,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
+from helpers import randomize_network
 from sample_images import write_demo_images
 from traintrain.choices import ALL_BLOCK_IDS
 from traintrain.config import TrainConfig
@@ -22,24 +23,25 @@ from traintrain.models.encoding import encode_prompts
 from traintrain.models.families import Family, is_flux_checkpoint
 from traintrain.models.flux_keys import bfl_to_diffusers, diffusers_to_bfl
 from traintrain.models.loading import load_model, read_weight_shapes
-from traintrain.models.tiny import build_tiny_components, write_tiny_model
-from traintrain.modes.flow_matching import flow_matching_step_loss, pack, transformer_predict, unpack
+from traintrain.models.tiny import write_tiny_model
+from traintrain.modes.flow_matching import pack, transformer_predict, unpack
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
+from transformer_family_helpers import (
+    all_blocks_spec,
+    assert_lora_training_lowers_the_loss,
+    assert_same_weights,
+    flow_config,
+    frozen_tiny,
+)
 
 SIZE = 64  # pixels: 8x8 latents, 16 image tokens
 
 
-def _spec(**values) -> NetworkSpec:
-    return NetworkSpec(**({"blocks": list(ALL_BLOCK_IDS)} | values))
-
 
 @pytest.fixture(scope="module")
 def flux():
-    components = build_tiny_components(Family.FLUX)
-    for part in (components.transformer, components.vae, *components.text_encoders):
-        part.requires_grad_(False)
-    return components
+    return frozen_tiny(Family.FLUX)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +52,6 @@ def written(tmp_path_factory, flux):
     return root, single, folder
 
 
-def _same_weights(first, second) -> None:
-    a, b = first.state_dict(), second.state_dict()
-    assert set(a) == set(b)
-    assert all(torch.equal(a[key], b[key]) for key in a)
-
 
 @pytest.mark.parametrize("which", ["single-file", "diffusers"])
 def test_tiny_flux_loads_offline_in_both_formats(written, flux, which):
@@ -63,7 +60,7 @@ def test_tiny_flux_loads_offline_in_both_formats(written, flux, which):
     assert loaded.family is Family.FLUX and isinstance(loaded.transformer, FluxTransformer2DModel)
     for ours, theirs in zip((flux.transformer, flux.vae, *flux.text_encoders),
                             (loaded.transformer, loaded.vae, *loaded.text_encoders), strict=True):
-        _same_weights(ours, theirs)
+        assert_same_weights(ours, theirs)
     assert loaded.vae.config.latent_channels == 16 and loaded.spec.latent_shift == 0.1159
     assert loaded.tokenizers[1]("a red cat").input_ids == flux.tokenizers[1]("a red cat").input_ids
     with pytest.raises(AttributeError, match="transformer"):
@@ -122,43 +119,17 @@ def test_packing():  # the noise levels: tests/test_flow_schedule.py
     assert pack(latents).shape == (2, 12, 64) and torch.equal(unpack(pack(latents), 8, 6), latents)
 
 
-def _config(**values) -> TrainConfig:
-    settings = dict(model="unused", lora_data_directory=".", network_rank=4, network_alpha=2,
-                    train_min_timesteps=0, train_max_timesteps=1000)
-    return TrainConfig(**(settings | values))
-
 
 def test_lora_training_lowers_the_loss(flux):
-    components = copy.deepcopy(flux)
-    network = AdapterNetwork(components, _spec(rank=4, alpha=4)).apply()
-    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        cond = encode_prompts(components, ["a red cat", "a blue dog"])
-    optimizer = torch.optim.Adam(network.unet_parameters(), lr=3e-2)
-    config = _config()
-    losses = []
-    for _ in range(12):  # the same noise and timesteps every step: the fixed batch's loss must fall
-        loss = flow_matching_step_loss(components, latents, cond, config, torch.Generator().manual_seed(0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert_lora_training_lowers_the_loss(flux, ["a red cat", "a blue dog"], steps=12)
 
-
-def _randomized(network: AdapterNetwork, seed: int = 4) -> AdapterNetwork:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in network.all_modules:
-            module.lora_up.weight.copy_(torch.randn(module.lora_up.weight.shape, generator=generator) * 0.1)
-    return network
 
 
 def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, flux):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     ours = copy.deepcopy(flux)
-    network = _randomized(AdapterNetwork(ours, _spec(rank=4, alpha=2)).apply())
+    network = randomize_network(AdapterNetwork(ours, all_blocks_spec(rank=4, alpha=2)).apply(), seed=4, scale=0.1)
     path = tmp_path / "flux_lora.safetensors"
     save_lora(path, network.tensors_for_save(torch.float32), {"ss_base_model_version": "flux1"})
     theirs = copy.deepcopy(flux)
@@ -194,24 +165,25 @@ def _clip_outputs(encoder, tokenizer) -> torch.Tensor:
 def test_base_trains_clip_l_at_its_learning_rate_and_never_t5(flux):
     from traintrain.modes.common import parameter_groups
 
-    network = AdapterNetwork(copy.deepcopy(flux), _spec(rank=2, alpha=2))
+    network = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(rank=2, alpha=2))
     text_keys = {k for k in network.tensors_for_save(torch.float32) if not k.startswith("transformer.")}
     clip_layers = sum(1 for name, _ in flux.text_encoders[0].named_modules() if name.endswith(("_proj", "fc1", "fc2")))
     assert len(network.text_encoder_modules) == clip_layers  # q, k, v, out, fc1, fc2 of each layer; nothing of T5
     assert text_keys and all(k.startswith("text_encoder.text_model.encoder.layers.") for k in text_keys)
-    groups = parameter_groups(network, _config(train_learning_rate=1e-4, train_textencoder_learning_rate=3e-5))
+    groups = parameter_groups(network, flow_config(train_learning_rate=1e-4, train_textencoder_learning_rate=3e-5))
     assert [g["lr"] for g in groups] == [1e-4, 3e-5]
     assert groups[1]["params"] == network.text_encoder_parameters()
-    without_base = AdapterNetwork(copy.deepcopy(flux), _spec(blocks=list(ALL_BLOCK_IDS[1:])))
+    without_base = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(blocks=list(ALL_BLOCK_IDS[1:])))
     assert not without_base.text_encoder_modules
     assert all(k.startswith("transformer.") for k in without_base.tensors_for_save(torch.float32))
 
 
 def test_resume_restores_the_text_encoder_modules(tmp_path, flux):
-    trained = _randomized(AdapterNetwork(copy.deepcopy(flux), _spec(rank=2, alpha=2)))
+    trained = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(rank=2, alpha=2))
+    randomize_network(trained, seed=4, scale=0.1)
     path = tmp_path / "flux_te.safetensors"
     save_lora(path, trained.tensors_for_save(torch.float32), {"ss_base_model_version": "flux1"})
-    resumed = AdapterNetwork(copy.deepcopy(flux), _spec(rank=2, alpha=2))
+    resumed = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(rank=2, alpha=2))
     resumed.resume_from(path)
     saved = trained.tensors_for_save(torch.float32)
     again = resumed.tensors_for_save(torch.float32)
@@ -230,7 +202,7 @@ def test_block_selection_restricts_saved_keys(flux):
     with pytest.raises(UserError, match="D05"):
         AdapterNetwork(components, NetworkSpec(blocks=["D05"]))
     with pytest.raises(UserError, match="cross-attention"):
-        AdapterNetwork(components, _spec(element="CrossAttention"))
+        AdapterNetwork(components, all_blocks_spec(element="CrossAttention"))
 
 
 def test_resume_across_families_is_refused(tmp_path, flux):
@@ -238,16 +210,16 @@ def test_resume_across_families_is_refused(tmp_path, flux):
 
     sd1 = tiny_components(Family.SD1)
     flux_file, sd1_file = tmp_path / "flux.safetensors", tmp_path / "sd1.safetensors"
-    save_lora(flux_file, AdapterNetwork(copy.deepcopy(flux), _spec()).tensors_for_save(torch.float16),
+    save_lora(flux_file, AdapterNetwork(copy.deepcopy(flux), all_blocks_spec()).tensors_for_save(torch.float16),
               {"ss_base_model_version": "flux1"})
-    save_lora(sd1_file, AdapterNetwork(sd1, _spec()).tensors_for_save(torch.float16),
+    save_lora(sd1_file, AdapterNetwork(sd1, all_blocks_spec()).tensors_for_save(torch.float16),
               {"ss_base_model_version": "sd_v1"})
     with pytest.raises(UserError, match="flux1") as error:
-        AdapterNetwork(sd1, _spec()).resume_from(flux_file)
+        AdapterNetwork(sd1, all_blocks_spec()).resume_from(flux_file)
     assert error.value.field == "network_resume"
     with pytest.raises(UserError, match="sd_v1"):
-        AdapterNetwork(copy.deepcopy(flux), _spec()).resume_from(sd1_file)
-    network = AdapterNetwork(copy.deepcopy(flux), _spec())
+        AdapterNetwork(copy.deepcopy(flux), all_blocks_spec()).resume_from(sd1_file)
+    network = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec())
     network.resume_from(flux_file)  # the same family continues
 
 
@@ -327,9 +299,9 @@ def test_ileco_trains_clip_l_with_network_train_text_encoder(written, tmp_path, 
 
 @pytest.mark.parametrize("network_type", ["loha", "lokr"])
 def test_lycoris_types_adapt_the_flux_linears(flux, network_type):
-    network = AdapterNetwork(copy.deepcopy(flux), _spec(network_type=network_type, rank=2, alpha=2))
+    network = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(network_type=network_type, rank=2, alpha=2))
     saved = network.tensors_for_save(torch.float32)
     assert saved and all(k.startswith(("transformer.", "text_encoder.")) and "lora_" not in k for k in saved)
-    again = AdapterNetwork(copy.deepcopy(flux), _spec(network_type=network_type, rank=2, alpha=2))
+    again = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(network_type=network_type, rank=2, alpha=2))
     again.load_tensors(saved)
     assert all(torch.equal(saved[k], v) for k, v in again.tensors_for_save(torch.float32).items())

@@ -12,6 +12,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
+from helpers import randomize_network
 from sample_images import write_demo_images
 from traintrain.choices import ALL_BLOCK_IDS
 from traintrain.config import TrainConfig
@@ -25,23 +26,23 @@ from traintrain.models.loading import load_model, read_weight_shapes
 from traintrain.models.sd3_keys import diffusers_to_sd3
 from traintrain.models.sd3_tiny import write_sd3_single_file
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
-from traintrain.modes.flow_matching import flow_matching_step_loss, transformer_predict
+from traintrain.modes.flow_matching import transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
+from transformer_family_helpers import (
+    all_blocks_spec,
+    assert_lora_training_lowers_the_loss,
+    assert_same_weights,
+    frozen_tiny,
+)
 
 SIZE = 64  # pixels: 8x8 latents, 4x4 patches
 
 
-def _spec(**values) -> NetworkSpec:
-    return NetworkSpec(**({"blocks": list(ALL_BLOCK_IDS)} | values))
-
 
 @pytest.fixture(scope="module")
 def sd3():
-    components = build_tiny_components(Family.SD3)
-    for part in (components.transformer, components.vae, *components.text_encoders):
-        part.requires_grad_(False)
-    return components
+    return frozen_tiny(Family.SD3)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,6 @@ def written(tmp_path_factory, sd3):
     return root, single, folder
 
 
-def _same_weights(first, second) -> None:
-    a, b = first.state_dict(), second.state_dict()
-    assert set(a) == set(b)
-    assert all(torch.equal(a[key], b[key]) for key in a)
-
 
 @pytest.mark.parametrize("which", ["single-file", "diffusers"])
 def test_tiny_sd3_loads_offline_in_both_formats(written, sd3, which):
@@ -65,7 +61,7 @@ def test_tiny_sd3_loads_offline_in_both_formats(written, sd3, which):
     assert loaded.family is Family.SD3 and isinstance(loaded.transformer, SD3Transformer2DModel)
     for ours, theirs in zip((sd3.transformer, sd3.vae, *sd3.text_encoders),
                             (loaded.transformer, loaded.vae, *loaded.text_encoders), strict=True):
-        _same_weights(ours, theirs)
+        assert_same_weights(ours, theirs)
     config = loaded.transformer.config
     assert list(config.dual_attention_layers) == [0] and config.qk_norm == "rms_norm"  # SD3.5 Medium's shape
     assert loaded.vae.config.latent_channels == 16 and loaded.spec.latent_shift == 0.0609
@@ -104,7 +100,7 @@ def test_companion_files_missing_t5_and_missing_clip_g(tmp_path, sd3):
     assert [p.name for p in companions] == ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"]
     (tmp_path / "text_encoders").mkdir()  # ComfyUI's folder beside the model's
     companions[0].rename(tmp_path / "text_encoders" / "clip_l.safetensors")
-    _same_weights(load_model(single).text_encoders[0], sd3.text_encoders[0])
+    assert_same_weights(load_model(single).text_encoders[0], sd3.text_encoders[0])
     companions[2].unlink()  # no T5: a warning, zeros in its place
     events = []
     without_t5 = load_model(single, report=events.append)
@@ -133,34 +129,16 @@ def test_conditioning_matches_the_pipeline(sd3):
     assert torch.allclose(ours.hidden, hidden, atol=1e-6) and torch.allclose(ours.pooled, pooled, atol=1e-6)
 
 
-def _config(**values) -> TrainConfig:
-    settings = dict(model="unused", lora_data_directory=".", network_rank=4, network_alpha=2,
-                    train_min_timesteps=0, train_max_timesteps=1000)
-    return TrainConfig(**(settings | values))
-
 
 def test_lora_training_lowers_the_loss(sd3):
-    components = copy.deepcopy(sd3)
-    network = AdapterNetwork(components, _spec(rank=4, alpha=4)).apply()
-    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        cond = encode_prompts(components, ["a red cat", "a blue dog"])
-    optimizer = torch.optim.Adam(network.unet_parameters(), lr=3e-2)
-    losses = []
-    for _ in range(12):  # the same noise and timesteps every step: the fixed batch's loss must fall
-        loss = flow_matching_step_loss(components, latents, cond, _config(), torch.Generator().manual_seed(0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert_lora_training_lowers_the_loss(sd3, ["a red cat", "a blue dog"], steps=12)
 
 
 def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, sd3):
     from diffusers import StableDiffusion3Pipeline
 
     ours = copy.deepcopy(sd3)
-    network = _randomized(AdapterNetwork(ours, _spec(rank=4, alpha=2)).apply())
+    network = randomize_network(AdapterNetwork(ours, all_blocks_spec(rank=4, alpha=2)).apply(), seed=4, scale=0.1)
     path = tmp_path / "sd3_lora.safetensors"
     save_lora(path, network.tensors_for_save(torch.float32), {"ss_base_model_version": "sd3"})
     theirs = copy.deepcopy(sd3)
@@ -196,7 +174,7 @@ def _clip_outputs(encoder, tokenizer) -> torch.Tensor:
 
 
 def test_base_trains_both_clips_and_never_t5(tmp_path, sd3):
-    network = AdapterNetwork(copy.deepcopy(sd3), _spec(rank=2, alpha=2))
+    network = AdapterNetwork(copy.deepcopy(sd3), all_blocks_spec(rank=2, alpha=2))
     saved = network.tensors_for_save(torch.float32)
     text_keys = {k for k in saved if not k.startswith("transformer.")}
     layers = [sum(1 for name, _ in encoder.named_modules() if name.endswith(("_proj", "fc1", "fc2")))
@@ -206,23 +184,16 @@ def test_base_trains_both_clips_and_never_t5(tmp_path, sd3):
                              for k in text_keys)
     assert not any(k.endswith("alpha") for k in saved)  # the loader refuses them: alpha is in the factors
     path = tmp_path / "sd3_te.safetensors"  # network_resume restores the text encoders' modules too
-    _randomized(network)
+    randomize_network(network, seed=4, scale=0.1)
     save_lora(path, network.tensors_for_save(torch.float32), {"ss_base_model_version": "sd3"})
-    resumed = AdapterNetwork(copy.deepcopy(sd3), _spec(rank=2, alpha=2))
+    resumed = AdapterNetwork(copy.deepcopy(sd3), all_blocks_spec(rank=2, alpha=2))
     resumed.resume_from(path)
     for before, after in zip(network.text_encoder_modules, resumed.text_encoder_modules, strict=True):
         assert torch.allclose(before.lora_up.weight, after.lora_up.weight)
         assert torch.allclose(before.lora_down.weight, after.lora_down.weight)
-    without_base = AdapterNetwork(copy.deepcopy(sd3), _spec(blocks=list(ALL_BLOCK_IDS[1:])))
+    without_base = AdapterNetwork(copy.deepcopy(sd3), all_blocks_spec(blocks=list(ALL_BLOCK_IDS[1:])))
     assert all(k.startswith("transformer.") for k in without_base.tensors_for_save(torch.float32))
 
-
-def _randomized(network: AdapterNetwork, seed: int = 4) -> AdapterNetwork:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in network.all_modules:
-            module.lora_up.weight.copy_(torch.randn(module.lora_up.weight.shape, generator=generator) * 0.1)
-    return network
 
 
 def test_block_selection_restricts_saved_keys(sd3):
@@ -237,7 +208,7 @@ def test_block_selection_restricts_saved_keys(sd3):
     with pytest.raises(UserError, match="J05"):
         AdapterNetwork(components, NetworkSpec(blocks=["J05"]))
     with pytest.raises(UserError, match="SD3 has no cross-attention"):
-        AdapterNetwork(components, _spec(element="CrossAttention"))
+        AdapterNetwork(components, all_blocks_spec(element="CrossAttention"))
 
 
 def test_resume_across_families_is_refused(tmp_path, sd3):
@@ -245,21 +216,21 @@ def test_resume_across_families_is_refused(tmp_path, sd3):
 
     sd1, flux = tiny_components(Family.SD1), build_tiny_components(Family.FLUX)
     sd3_file, flux_file = tmp_path / "sd3.safetensors", tmp_path / "flux.safetensors"
-    save_lora(sd3_file, AdapterNetwork(copy.deepcopy(sd3), _spec()).tensors_for_save(torch.float16),
+    save_lora(sd3_file, AdapterNetwork(copy.deepcopy(sd3), all_blocks_spec()).tensors_for_save(torch.float16),
               {"ss_base_model_version": "sd3"})
-    save_lora(flux_file, AdapterNetwork(flux, _spec()).tensors_for_save(torch.float16),
+    save_lora(flux_file, AdapterNetwork(flux, all_blocks_spec()).tensors_for_save(torch.float16),
               {"ss_base_model_version": "flux1"})
     for other in (sd1, flux):
         with pytest.raises(UserError, match="a LoRA for sd3 models") as error:
-            AdapterNetwork(other, _spec()).resume_from(sd3_file)
+            AdapterNetwork(other, all_blocks_spec()).resume_from(sd3_file)
         assert error.value.field == "network_resume"
     with pytest.raises(UserError, match="flux1"):
-        AdapterNetwork(copy.deepcopy(sd3), _spec()).resume_from(flux_file)
+        AdapterNetwork(copy.deepcopy(sd3), all_blocks_spec()).resume_from(flux_file)
     kohya = tmp_path / "kohya.safetensors"  # sd-scripts writes the MMDiT variant as the base model version
     save_lora(kohya, load_lora(sd3_file)[0], {"ss_base_model_version": "5-medium"})
     with pytest.raises(UserError, match="sd3"):
-        AdapterNetwork(sd1, _spec()).resume_from(kohya)
-    AdapterNetwork(copy.deepcopy(sd3), _spec()).resume_from(sd3_file)  # the same family continues
+        AdapterNetwork(sd1, all_blocks_spec()).resume_from(kohya)
+    AdapterNetwork(copy.deepcopy(sd3), all_blocks_spec()).resume_from(sd3_file)  # the same family continues
 
 
 def test_lora_job_on_an_sd3_single_file(written, tmp_path):

@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3Model
 
 from sample_images import write_demo_images
-from traintrain.choices import ALL_BLOCK_IDS
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
@@ -27,21 +26,20 @@ from traintrain.models.loading import config_template, load_model, read_weight_s
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.models.zimage_keys import diffusers_to_reference, transformer_config
 from traintrain.models.zimage_single_file import qwen3_encoder
-from traintrain.modes.flow_matching import flow_matching_step_loss, transformer_predict
+from traintrain.modes.flow_matching import transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
-
-
-def _spec(**values) -> NetworkSpec:
-    return NetworkSpec(**({"blocks": list(ALL_BLOCK_IDS)} | values))
+from transformer_family_helpers import (
+    all_blocks_spec,
+    assert_lora_training_lowers_the_loss,
+    assert_same_weights,
+    frozen_tiny,
+)
 
 
 @pytest.fixture(scope="module")
 def zimage():
-    components = build_tiny_components(Family.ZIMAGE)
-    for part in (components.transformer, components.vae, *components.text_encoders):
-        part.requires_grad_(False)
-    return components
+    return frozen_tiny(Family.ZIMAGE)
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +61,13 @@ def _pipeline(components) -> ZImagePipeline:
                           components.transformer)
 
 
-def _same_weights(first, second) -> None:
-    a, b = first.state_dict(), second.state_dict()
-    assert set(a) == set(b)
-    assert all(torch.equal(a[key], b[key]) for key in a)
-
 
 def test_tiny_zimage_loads_offline(folder, zimage):
     loaded = load_model(folder)
     assert loaded.family is Family.ZIMAGE and isinstance(loaded.transformer, ZImageTransformer2DModel)
     for ours, theirs in zip((zimage.transformer, zimage.vae, *zimage.text_encoders),
                             (loaded.transformer, loaded.vae, *loaded.text_encoders), strict=True):
-        _same_weights(ours, theirs)
+        assert_same_weights(ours, theirs)
     assert loaded.vae.config.latent_channels == 16
     assert (loaded.spec.latent_scale, loaded.spec.latent_shift) == (0.3611, 0.1159)
     assert loaded.tokenizers[0]("a red cat").input_ids == zimage.tokenizers[0]("a red cat").input_ids
@@ -103,32 +96,14 @@ def test_conditioning_matches_the_pipeline(zimage):
         assert torch.equal(ours.hidden[index][ours.mask[index]], states)
 
 
-def _config(**values) -> TrainConfig:
-    settings = dict(model="unused", lora_data_directory=".", network_rank=4, network_alpha=2,
-                    train_min_timesteps=0, train_max_timesteps=1000)
-    return TrainConfig(**(settings | values))
-
 
 def test_lora_training_lowers_the_loss(zimage):
-    components = copy.deepcopy(zimage)
-    network = AdapterNetwork(components, _spec(rank=4, alpha=4)).apply()
-    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        cond = encode_prompts(components, ["a red cat", "a blue dog in the style"])
-    optimizer = torch.optim.Adam(network.unet_parameters(), lr=3e-2)
-    losses = []
-    for _ in range(8):  # the same noise and timesteps every step: the fixed batch's loss must fall
-        loss = flow_matching_step_loss(components, latents, cond, _config(), torch.Generator().manual_seed(0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert_lora_training_lowers_the_loss(zimage, ["a red cat", "a blue dog in the style"], steps=8)
 
 
 def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, zimage):
     ours = copy.deepcopy(zimage)
-    network = AdapterNetwork(ours, _spec(rank=4, alpha=2)).apply()
+    network = AdapterNetwork(ours, all_blocks_spec(rank=4, alpha=2)).apply()
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for module in network.all_modules:
@@ -166,7 +141,7 @@ def test_block_selection_restricts_saved_keys(zimage):
     with pytest.raises(UserError, match="L05"):
         AdapterNetwork(components, NetworkSpec(blocks=["L05"]))
     with pytest.raises(UserError, match="Z-Image has no cross-attention"):
-        AdapterNetwork(components, _spec(element="CrossAttention"))
+        AdapterNetwork(components, all_blocks_spec(element="CrossAttention"))
 
 
 def test_resume_across_families_is_refused(tmp_path, zimage):
@@ -174,17 +149,17 @@ def test_resume_across_families_is_refused(tmp_path, zimage):
 
     sd1, flux = tiny_components(Family.SD1), build_tiny_components(Family.FLUX)
     zimage_file = tmp_path / "zimage.safetensors"
-    save_lora(zimage_file, AdapterNetwork(copy.deepcopy(zimage), _spec()).tensors_for_save(torch.float16),
+    save_lora(zimage_file, AdapterNetwork(copy.deepcopy(zimage), all_blocks_spec()).tensors_for_save(torch.float16),
               {"ss_base_model_version": "zimage"})
     for other in (sd1, flux):
         with pytest.raises(UserError, match="a LoRA for zimage models") as error:
-            AdapterNetwork(other, _spec()).resume_from(zimage_file)
+            AdapterNetwork(other, all_blocks_spec()).resume_from(zimage_file)
         assert error.value.field == "network_resume"
     bare = tmp_path / "bare.safetensors"  # no metadata: the keys say Z-Image
     save_lora(bare, load_lora(zimage_file)[0], {})
     with pytest.raises(UserError, match="zimage"):
-        AdapterNetwork(flux, _spec()).resume_from(bare)
-    AdapterNetwork(copy.deepcopy(zimage), _spec()).resume_from(zimage_file)  # the same family continues
+        AdapterNetwork(flux, all_blocks_spec()).resume_from(bare)
+    AdapterNetwork(copy.deepcopy(zimage), all_blocks_spec()).resume_from(zimage_file)  # the same family continues
 
 
 def test_lora_job_on_a_zimage_folder(folder, tmp_path):
@@ -226,7 +201,7 @@ def test_older_libraries_are_named_when_a_zimage_model_is_used(folder, single, f
 def _same_model(loaded, zimage) -> None:
     for ours, theirs in zip((zimage.transformer, zimage.vae, *zimage.text_encoders),
                             (loaded.transformer, loaded.vae, *loaded.text_encoders), strict=True):
-        _same_weights(ours, theirs)
+        assert_same_weights(ours, theirs)
 
 
 def _public(config) -> dict:
@@ -309,7 +284,7 @@ def test_lora_trained_on_the_single_file_loads_in_diffusers(single, tmp_path):
     assert load_lora(result.path)[1]["ss_base_model_version"] == "zimage"
     base = load_model(single)
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
-    AdapterNetwork(ours, _spec(rank=4, alpha=4)).apply().resume_from(result.path)
+    AdapterNetwork(ours, all_blocks_spec(rank=4, alpha=4)).apply().resume_from(result.path)
     _pipeline(theirs).load_lora_weights(str(result.path))
     noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
