@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from helpers import tiny_components
 from traintrain.cli import main
-from traintrain.models.families import Family
+from traintrain.models.families import SPECS, Family
 from traintrain.networks.inspect import block_of
 from traintrain.networks.kohya_format import save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
@@ -85,3 +85,31 @@ def test_not_a_lora_is_one_line_error(tmp_path, capsys):
     assert code == 2 and "no LoRA modules" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, tmp_path / "missing.safetensors")
     assert code == 2 and "not found" in err
+
+
+@pytest.mark.parametrize("family, network_type, blocks, wanted_blocks", [
+    (Family.FLUX, "lierla", ["BASE", "D00", "S00"], ["BASE", "D00", "S00"]),
+    (Family.SD3, "loha", ["J01"], ["J01"]),
+    (Family.ZIMAGE, "lokr", ["C00", "L01"], ["C00", "L01"]),
+])
+@pytest.mark.parametrize("with_metadata", [True, False])
+def test_transformer_family_files_in_diffusers_layout(tmp_path, capsys, family, network_type, blocks, wanted_blocks,
+                                                      with_metadata):
+    from transformer_family_helpers import frozen_tiny
+
+    network = AdapterNetwork(frozen_tiny(family), NetworkSpec(network_type=network_type, rank=2, alpha=1,
+                                                              blocks=blocks))
+    tensors = network.tensors_for_save(torch.float16)
+    assert all(key.startswith(("transformer.", "text_encoder")) for key in tensors)  # what we save for them
+    path = tmp_path / f"{family.value}.safetensors"
+    save_lora(path, tensors, {"ss_base_model_version": SPECS[family].base_model_version} if with_metadata else {})
+    code, out, _ = run(capsys, path, "--json")
+    data = json.loads(out)
+    known = with_metadata or family is not Family.SD3  # bare SD3 keys are Flux's double blocks' names
+    assert code == 0 and data["family"] == (family.value if known else "unknown")
+    assert data["network_type"] == network_type and data["module_count"] == len(network.all_modules)
+    assert data["text_encoder_modules"] == len(network.text_encoder_modules)
+    assert data["blocks"] == (wanted_blocks if known else ["BASE"] * ("BASE" in blocks))
+    assert {m["rank"] for m in data["modules"].values()} <= {2, None}
+    code, out, _ = run(capsys, path)
+    assert f"(transformer {len(network.unet_modules)}, text encoder" in out or not known

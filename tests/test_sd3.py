@@ -205,8 +205,10 @@ def test_block_selection_restricts_saved_keys(sd3):
     assert any(".attn2.to_q." in k for k in first) and not any(".attn2." in k for k in last)
     attention = AdapterNetwork(components, NetworkSpec(rank=2, alpha=2, blocks=["J01"], element="SelfAttention"))
     assert all(".attn." in k for k in attention.tensors_for_save(torch.float16))
-    with pytest.raises(UserError, match="J05"):
+    with pytest.raises(UserError, match="J05") as error:
         AdapterNetwork(components, NetworkSpec(blocks=["J05"]))
+    assert str(error.value) == ("network_blocks: J05 do not exist in this SD3 model; "
+                                "choose among its blocks: J00, J01")
     with pytest.raises(UserError, match="SD3 has no cross-attention"):
         AdapterNetwork(components, all_blocks_spec(element="CrossAttention"))
 

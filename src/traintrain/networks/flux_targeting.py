@@ -48,7 +48,7 @@ def resolve_transformer_blocks(selected: list[str], valid: tuple[str, ...], mode
         return list(valid)
     unknown = [b for b in selected if b != TEXT_ENCODER_BLOCK and b not in valid]
     if unknown:
-        raise UserError(f"network_blocks: {', '.join(unknown)} do not exist in this {model} model",
+        raise UserError(f"{', '.join(unknown)} do not exist in this {model} model",
                         f"choose among its blocks: {', '.join(valid)}", field="network_blocks")
     return [b for b in selected if b != TEXT_ENCODER_BLOCK]
 

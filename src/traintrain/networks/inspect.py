@@ -1,7 +1,9 @@
 """`traintrain inspect`: what a LoRA file is, read from its keys and shapes first, metadata second.
 
 Files from other trainers often carry no or stale metadata, so family, network type, ranks and
-blocks come from the tensors; the metadata is shown as it is.
+blocks come from the tensors; the metadata is shown as it is. Two key layouts are read: kohya's
+(`lora_unet_...`, every SD file) and diffusers' (`transformer.<module>.lora_A.weight`,
+`text_encoder.<module>...`), in which Flux, SD3 and Z-Image files are saved.
 """
 
 from __future__ import annotations
@@ -15,18 +17,34 @@ from typing import TYPE_CHECKING
 
 from traintrain.choices import ALL_BLOCK_IDS, TEXT_ENCODER_BLOCK, NetworkType
 from traintrain.errors import UserError
+from traintrain.models.families import SD3_KOHYA_VERSIONS, SPECS, TRANSFORMER_FAMILIES
 from traintrain.networks.kohya_format import NETWORK_MODULES, load_lora
 from traintrain.networks.targeting import block_id_of
 
 if TYPE_CHECKING:
     import torch
 
-FAMILY_BY_VERSION = {"sd_v1": "sd1", "sd_v2": "sd2"}
+FAMILY_BY_VERSION = {"sd_v1": "sd1", "sd_v2": "sd2"} | {SPECS[family].base_model_version: family.value
+                                                        for family in TRANSFORMER_FAMILIES}
 FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
 FAMILY_BY_CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 LAYERS_PER_BLOCK = 2  # every SD1/SD2/SDXL UNet
 BLOCK_ORDER = {block: index for index, block in enumerate(ALL_BLOCK_IDS)}
 SGM_BLOCK = re.compile(r"lora_unet_(?:input_blocks_(\d+)|middle_block|output_blocks_(\d+))")
+# diffusers' layout: the part, the module's path, then the adapter's tensor
+DIFFUSERS_KEY = re.compile(
+    r"^(?P<stem>(?:transformer|text_encoder(?:_2)?)\..+?)\."
+    r"(?P<suffix>lora_[AB]\.weight|lora_(?:down|up|mid)\.weight|alpha|dora_scale|hada_\w+|lokr_\w+)$"
+)
+PEFT_SUFFIXES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+FAMILY_BY_ARCHITECTURE = {SPECS[family].modelspec_architecture: family.value for family in TRANSFORMER_FAMILIES}
+# block letters of each transformer family's stacks (networks/*_targeting.py name the blocks the same way)
+TRANSFORMER_STACKS = {
+    "flux": {"transformer_blocks": "D", "single_transformer_blocks": "S"},
+    "sd3": {"transformer_blocks": "J"},
+    "zimage": {"layers": "L", "noise_refiner": "N", "context_refiner": "C"},
+}
+TRANSFORMER_BLOCK = re.compile(r"^transformer\.(\w+)\.(\d+)\.")
 DIFFUSERS_BLOCK = re.compile(
     r"lora_unet_(?:(down|up)_blocks_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)|mid_block)"
 )
@@ -67,22 +85,21 @@ class LoraSummary:
 
 def inspect_lora(path) -> LoraSummary:
     tensors, metadata = load_lora(Path(path))
-    stems: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        stem, _, suffix = key.partition(".")
-        if stem.startswith("lora_"):
-            stems.setdefault(stem, {})[suffix] = tensor
+    stems = _kohya_stems(tensors) or _diffusers_stems(tensors)
     if not stems:
         raise UserError(
-            f"{path}: no LoRA modules in it (no lora_unet_/lora_te keys); is it a model rather than a LoRA?"
+            f"{path}: no LoRA modules in it (no lora_unet_/lora_te or transformer./text_encoder. adapter keys); "
+            "is it a model rather than a LoRA?"
         )
     network_type = _network_type(stems)
     modules = {stem: _module_info(parts) for stem, parts in sorted(stems.items())}
-    blocks = sorted({b for b in map(block_of, stems) if b}, key=BLOCK_ORDER.__getitem__)
-    text = sum(1 for stem in stems if stem.startswith("lora_te"))
+    family = _family(stems, metadata)
+    found = {b for b in (block_of(stem, family) for stem in stems) if b}
+    blocks = sorted(found, key=lambda block: (BLOCK_ORDER.get(block, len(BLOCK_ORDER)), block))
+    text = sum(1 for stem in stems if stem.startswith(("lora_te", "text_encoder")))
     return LoraSummary(
         file=str(path),
-        family=_family(stems, metadata),
+        family=family,
         network_type=network_type,
         network_module=metadata.get("ss_network_module", NETWORK_MODULES[network_type]),
         unet_modules=len(stems) - text,
@@ -93,10 +110,35 @@ def inspect_lora(path) -> LoraSummary:
     )
 
 
-def block_of(stem: str) -> str | None:
-    """A1111 block id of a kohya module name, in SGM (SDXL) or diffusers (SD1/SD2) naming."""
-    if stem.startswith("lora_te"):
+def _kohya_stems(tensors: dict) -> dict[str, dict[str, torch.Tensor]]:
+    stems: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        stem, _, suffix = key.partition(".")
+        if stem.startswith("lora_"):
+            stems.setdefault(stem, {})[suffix] = tensor
+    return stems
+
+
+def _diffusers_stems(tensors: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Module path -> its tensors, peft's lora_A / lora_B named as kohya's down / up."""
+    stems: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = DIFFUSERS_KEY.match(key)
+        if match:
+            suffix = PEFT_SUFFIXES.get(match["suffix"], match["suffix"])
+            stems.setdefault(match["stem"], {})[suffix] = tensor
+    return stems
+
+
+def block_of(stem: str, family: str = "") -> str | None:
+    """A1111 block id of a kohya module name, in SGM (SDXL) or diffusers (SD1/SD2) naming; for a
+    transformer family's diffusers-layout module, its block id (D00, S03, J01, L00, ...)."""
+    if stem.startswith(("lora_te", "text_encoder")):
         return TEXT_ENCODER_BLOCK
+    match = TRANSFORMER_BLOCK.match(stem)
+    if match:
+        letter = TRANSFORMER_STACKS.get(family, {}).get(match[1])
+        return f"{letter}{int(match[2]):02d}" if letter else None
     match = SGM_BLOCK.match(stem)
     if match:
         if match[1] is not None:
@@ -147,6 +189,16 @@ def _family(stems: dict, metadata: dict) -> str:
         return "sdxl"
     if version in FAMILY_BY_VERSION:
         return FAMILY_BY_VERSION[version]
+    if version in SD3_KOHYA_VERSIONS:
+        return "sd3"
+    architecture = metadata.get("modelspec.architecture", "")
+    if architecture in FAMILY_BY_ARCHITECTURE:
+        return FAMILY_BY_ARCHITECTURE[architecture]
+    roots = {match[1] for match in map(TRANSFORMER_BLOCK.match, stems) if match}
+    if roots & {"layers", "noise_refiner", "context_refiner"}:
+        return "zimage"
+    if "single_transformer_blocks" in roots:
+        return "flux"
     if any(
         s.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks")) for s in stems
     ):
@@ -174,7 +226,8 @@ def format_summary(summary: LoraSummary, value_width: int = 100) -> str:
         f"file: {summary.file}",
         f"family: {summary.family}",
         f"network: {summary.network_type.value} ({summary.network_module})",
-        f"modules: {summary.module_count} (UNet {summary.unet_modules}, text encoder {summary.text_encoder_modules})",
+        f"modules: {summary.module_count} ({_denoiser_name(summary.family)} {summary.unet_modules}, "
+        f"text encoder {summary.text_encoder_modules})",
     ]
     if len(groups) == 1:
         lines.append(f"rank/alpha: {_rank_alpha(groups[0][0])}")
@@ -192,6 +245,10 @@ def format_summary(summary: LoraSummary, value_width: int = 100) -> str:
         value = summary.metadata[key].replace("\n", " ")
         lines.append(f"  {key}: {value[:value_width]}{'...' if len(value) > value_width else ''}")
     return "\n".join(lines)
+
+
+def _denoiser_name(family: str) -> str:
+    return "transformer" if family in TRANSFORMER_STACKS else "UNet"
 
 
 def _rank_alpha(pair) -> str:
