@@ -305,3 +305,10 @@ def test_lycoris_types_adapt_the_flux_linears(flux, network_type):
     again = AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(network_type=network_type, rank=2, alpha=2))
     again.load_tensors(saved)
     assert all(torch.equal(saved[k], v) for k, v in again.tensors_for_save(torch.float32).items())
+
+
+@pytest.mark.parametrize("element", ["CrossAttention", "CrossAttentionKV", "CrossAttentionV"])
+def test_cross_attention_elements_are_refused_with_the_way_out(flux, element):
+    with pytest.raises(UserError, match=f"{element}: Flux has no cross-attention.*use Full, or SelfAttention") as error:
+        AdapterNetwork(copy.deepcopy(flux), all_blocks_spec(element=element))
+    assert error.value.field == "network_element"

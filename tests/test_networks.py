@@ -268,3 +268,15 @@ def test_zimage_with_base_trains_the_transformer_only_and_says_so(tmp_path):
     said = [e.text for e in events if getattr(e, "level", "") == "warning" and "Qwen3" in e.text]
     assert len(said) == 1 and "not trained" in said[0]
     assert all(k.startswith("transformer.") for k in load_lora(result.path)[0])
+
+
+@pytest.mark.parametrize("family", [Family.SD1, Family.SDXL])
+@pytest.mark.parametrize("element, ends, share", [("CrossAttentionKV", ("_attn2_to_k", "_attn2_to_v"), 2),
+                                                  ("CrossAttentionV", ("_attn2_to_v",), 4)])
+def test_cross_attention_key_and_value_elements_keep_the_layers_that_read_the_prompt(family, element, ends, share):
+    components = tiny_components(family)
+    cross = AdapterNetwork(components, spec(element="CrossAttention"))
+    chosen = AdapterNetwork(components, spec(element=element))
+    names = sorted(m.lora_name for m in chosen.all_modules)
+    assert names and names == sorted(n for n in (m.lora_name for m in cross.all_modules) if n.endswith(ends))
+    assert len(names) == len(cross.all_modules) // share and not chosen.text_encoder_modules  # q and out stay frozen

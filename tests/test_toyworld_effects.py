@@ -13,14 +13,14 @@ from traintrain.toyworld.release import load_toy_model
 pytestmark = pytest.mark.slow
 
 # Measured (training seeds 7, 8, 9 for iLECO): LoRA trigger 98 %, 100 % with 8 %, 5 % elsewhere;
-# iLECO 81 %, 58 %, 69 % with 7 %, 11 %, 11 % elsewhere; erase 47 % and more; sliders monotonic on
+# iLECO 89 %, 81 %, 92 % with 4 %, 3 %, 4 % elsewhere; erase 47 % and more; sliders monotonic on
 # 83-90 % of seeds, extent -1 -> +1 grows by 0.03-0.09 of the side, colour kept 93-97 %; copier 43-67 %.
 LORA_TRIGGER, LORA_ELSEWHERE = 0.8, 0.15
-ILECO_MOVED, ILECO_ELSEWHERE, ERASE_MOVED = 0.4, 0.2, 0.3
+ILECO_MOVED, ILECO_ELSEWHERE, ERASE_MOVED, ERASE_ELSEWHERE = 0.6, 0.1, 0.3, 0.2
 SLIDER_MONOTONIC, SLIDER_SPAN, SLIDER_COLOUR_KEPT, COPIER_REPRODUCES = 0.7, 0.015, 0.85, 0.25
 # iLECO trains half the benchmark's 600 steps here (the same rate): measured with this file's settings
-# (repeats=1), training seed 7: red->blue 83 % moved, 11 % elsewhere; erase 56 %, 8 % (seed 8: 61 %, 17 %;
-# erase 50 %, 3 %).
+# (repeats=1), training seeds 7, 8, 9: red->blue 78 %, 72 %, 89 % moved, 0 % elsewhere each; erase (seed 7)
+# 56 %, 8 % (seed 8: 50 %, 3 %).
 # Halving the other rows did not keep their margins (seed 7: LoRA at 300 steps 23 % elsewhere; ADDifT at 200
 # a span of 0.021; the Difference copier at 200 35 %), so they keep the benchmark's steps.
 ILECO_STEPS = 300
@@ -48,7 +48,7 @@ def test_ileco_red_to_blue_draws_blue_for_red_and_leaves_other_colours(toy, tmp_
 def test_ileco_with_an_empty_target_erases_red(toy, tmp_path):
     numbers = effects.ileco(tmp_path, toy, target=None, repeats=1, steps=ILECO_STEPS).numbers
     assert numbers["moved"] >= ERASE_MOVED, numbers
-    assert numbers["elsewhere_changed"] <= ILECO_ELSEWHERE, numbers
+    assert numbers["elsewhere_changed"] <= ERASE_ELSEWHERE, numbers
 
 
 @pytest.mark.parametrize("mode", ["Difference", "ADDifT"])

@@ -30,9 +30,21 @@ class NetworkType(Choice):
 
 
 class NetworkElement(Choice):
+    """Which layers of the chosen blocks an adapter trains. CrossAttentionKV keeps to the cross-attention's
+    key and value projections, the only layers that read the prompt (as Custom Diffusion trains them);
+    CrossAttentionV to the value projection alone, what the prompt's tokens write into the picture. A
+    concept edit (iLECO) then moves the prompts that hold the concept and leaves the rest nearly alone."""
+
     FULL = "Full"
     CROSS_ATTENTION = "CrossAttention"
+    CROSS_ATTENTION_KV = "CrossAttentionKV"
+    CROSS_ATTENTION_V = "CrossAttentionV"
     SELF_ATTENTION = "SelfAttention"
+
+    @property
+    def cross_attention_only(self) -> bool:
+        return self in (NetworkElement.CROSS_ATTENTION, NetworkElement.CROSS_ATTENTION_KV,
+                        NetworkElement.CROSS_ATTENTION_V)
 
 
 class Optimizer(Choice):

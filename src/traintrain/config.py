@@ -116,7 +116,10 @@ class TrainConfig:
     network_conv_rank: int = _param(0, "c3lier/loha/lokr: rank of k x k convs (0 = network_rank)", minimum=0)
     network_conv_alpha: float = _param(0.0, "c3lier/loha/lokr: alpha of k x k convs (0 = network_alpha)", minimum=0.0)
     network_element: NetworkElement = _param(
-        NetworkElement.FULL, "Full, CrossAttention (attn2) or SelfAttention (attn1)"
+        NetworkElement.FULL,
+        "Full, CrossAttention (attn2), CrossAttentionKV (attn2's key and value: the layers that read the prompt), "
+        "CrossAttentionV (attn2's value alone: what the prompt writes; best for iLECO's concept edits) or "
+        "SelfAttention (attn1)",
     )
     train_lr_step_rules: str = _param(
         "",

@@ -63,9 +63,9 @@ def linear_targets(transformer, containers: dict[str, str], *, blocks: list[str]
     name of the ModuleList holding the blocks -> id letter), in module order; `element` SelfAttention keeps the
     attention layers (the attention is joint over text and image: `attn.`, SD3.5's second image attention
     `attn2.`, Z-Image's `attention.`); CrossAttention has nothing to select."""
-    if element is NetworkElement.CROSS_ATTENTION:
-        raise UserError(f"network_element CrossAttention: {model} has no cross-attention (text and image attend "
-                        "jointly)", "use Full, or SelfAttention for the attention layers", field="network_element")
+    if element.cross_attention_only:
+        raise UserError(f"{element.value}: {model} has no cross-attention (text and image attend jointly)",
+                        "use Full, or SelfAttention for the attention layers", field="network_element")
     targets = []
     for path, container in transformer.named_modules():
         kind = containers.get(path.rpartition(".")[0] if by_list else type(container).__name__)

@@ -74,12 +74,18 @@ def resolve_blocks(selected: list[str], unet) -> list[str]:
     return list(selected)
 
 
+# the layers of each element, as parts of a module path
+ELEMENT_PARTS = {
+    NetworkElement.CROSS_ATTENTION: (".attn2.",),
+    NetworkElement.CROSS_ATTENTION_KV: (".attn2.to_k.", ".attn2.to_v."),  # the projections of the prompt's tokens
+    NetworkElement.CROSS_ATTENTION_V: (".attn2.to_v.",),
+    NetworkElement.SELF_ATTENTION: (".attn1.",),
+}
+
+
 def _element_allows(path: str, element: NetworkElement) -> bool:
-    if element is NetworkElement.CROSS_ATTENTION:
-        return ".attn2." in f".{path}."
-    if element is NetworkElement.SELF_ATTENTION:
-        return ".attn1." in f".{path}."
-    return True
+    parts = ELEMENT_PARTS.get(element)
+    return parts is None or any(part in f".{path}." for part in parts)  # Full: every layer
 
 
 def _trainable_children(container: nn.Module, include_kxk: bool):
