@@ -26,6 +26,7 @@ from traintrain.modes.objective import image_step_loss, predict
 from traintrain.modes.previews import MULTIPLIERS
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
+from traintrain.rendering import ROW_TITLE_MIN_WIDTH
 from traintrain.training import estimate
 from traintrain.training.events import PREVIEW, Message, Written
 from traintrain.training.runtime import freeze_model
@@ -105,8 +106,9 @@ def held_out_distances(config, path) -> tuple[float, float]:
 
 def preview_columns(path) -> list[np.ndarray]:
     grid = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    assert grid.shape == (18 + SIZE, SIZE * len(MULTIPLIERS), 3)  # one prompt, a column per multiplier
-    return [grid[18:, i * SIZE:(i + 1) * SIZE] for i in range(len(MULTIPLIERS))]
+    left = ROW_TITLE_MIN_WIDTH  # the prompt's title strip
+    assert grid.shape == (18 + SIZE, left + SIZE * len(MULTIPLIERS), 3)  # one prompt, a column per multiplier
+    return [grid[18:, left + i * SIZE:left + (i + 1) * SIZE] for i in range(len(MULTIPLIERS))]
 
 
 def test_ileco_job_with_previews_and_estimate(root, tmp_path):

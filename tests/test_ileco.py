@@ -9,10 +9,10 @@ from traintrain.jobs.runner import run_job
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.loading import load_model
 from traintrain.models.tiny import write_tiny_model
+from traintrain.modes.common import prompt_only_spec
 from traintrain.modes.ileco import ileco_latent
 from traintrain.networks.kohya_format import load_lora
 from traintrain.networks.network import AdapterNetwork
-from traintrain.modes.common import prompt_only_spec
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +85,14 @@ def test_ileco_needs_original_prompt(model, tmp_path):
 def test_ileco_default_previews(model, tmp_path):
     from PIL import Image
 
+    from traintrain.rendering import ROW_TITLE_MIN_WIDTH
+
     config = ileco_config(model, "a blue square", train_iterations=2, preview_sampling_steps=2)
     result = run_job(config, output_dir=tmp_path)
     preview = Image.open(result.outcome.preview)
     assert result.outcome.preview == tmp_path / "ileco_preview.png"
-    assert preview.size == (3 * 96, 18 + 2 * 64)  # multipliers -1, 0, +1 x (original, target) prompts
+    # multipliers -1, 0, +1 x (original, target) prompts, each row titled with its prompt
+    assert preview.size == (ROW_TITLE_MIN_WIDTH + 3 * 96, 18 + 2 * 64)
 
 
 def test_ileco_file_loads_in_diffusers_with_same_outputs(model, tmp_path):

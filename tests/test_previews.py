@@ -22,7 +22,7 @@ from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.models.zimage_text import prompt_states
 from traintrain.modes.previews import MULTIPLIERS
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
-from traintrain.rendering import generate, labelled_grid, pipeline_from_components, recipe_of
+from traintrain.rendering import ROW_TITLE_MIN_WIDTH, generate, labelled_grid, pipeline_from_components, recipe_of
 from traintrain.training.events import PREVIEW, Message, Progress, Saved, Written
 
 PREVIEWS = dict(preview_prompts="tt, a red circle", preview_every_steps=2, preview_sampling_steps=2,
@@ -141,5 +141,5 @@ def test_sd3_and_zimage_jobs_render_previews(tmp_path, family, model, name):
     written = [e.path for e in events if isinstance(e, Written) and e.kind == PREVIEW]
     assert written == [str(tmp_path / "out" / name) for name in
                        ("job_0steps_preview.png", "job_1steps_preview.png", "job_preview.png")]
-    assert Image.open(written[-1]).size == (64 * len(MULTIPLIERS), 18 + 64)
+    assert Image.open(written[-1]).size == (ROW_TITLE_MIN_WIDTH + 64 * len(MULTIPLIERS), 18 + 64)
     assert not [e.text for e in events if isinstance(e, Message) and e.level == "warning" and "preview" in e.text]
