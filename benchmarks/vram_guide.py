@@ -12,9 +12,9 @@ row's resolution, batch and checkpointing. What it prints is the estimate a run 
 first step: peak memory = frozen weights + adapter with gradients and optimizer states + activations
 kept for the backward pass, plus 10 % for the allocator. The trace's activations were checked against
 a real step on the CPU (within 4 %, tests/test_estimate.py; Flux's equal, tests/test_flux_modes.py; on a
-GPU this is not yet measured; SD3's and Z-Image's equal, tests/test_estimate.py). Flux's and SD3.5's frozen
-models include T5-XXL (about 4.5 GiB in 8 bits), Z-Image's Qwen3-4B, which stay on the device as the text
-encoders do for every family.
+GPU this is not yet measured; SD3's and Z-Image's equal, tests/test_estimate.py). The frozen model leaves out
+T5-XXL (Flux, SD3.5) and Z-Image's Qwen3-4B: they wait on the CPU while training (models/encoder_offload.py);
+the CLIP encoders stay on the device. `--models zimage-turbo flux` limits the table to those rows.
 """
 
 from __future__ import annotations
@@ -189,8 +189,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="only these models' rows")
     args = parser.parse_args()
-    rows = [estimate_row(row) for row in ROWS]
+    rows = [estimate_row(row) for row in ROWS if not args.models or row.model in args.models]
     print(json.dumps(rows, indent=2) if args.json else table(rows))
 
 

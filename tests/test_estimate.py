@@ -139,8 +139,8 @@ def test_sd3_and_zimage_jobs_report_their_estimate(tmp_path, family, model, name
 @pytest.mark.parametrize("family", [Family.FLUX, Family.SD3])
 def test_transformer_runs_count_clip_adapters_and_leave_t5_out(family):
     """Block BASE trains CLIP's adapters there (counted as the real network has them); T5 waits on the CPU while
-    training (models/t5_offload.py), so its weights are not on the device."""
-    from traintrain.models.t5_offload import t5_encoder
+    training (models/encoder_offload.py), so its weights are not on the device."""
+    from traintrain.models.encoder_offload import t5_encoder
 
     components = build_tiny_components(family)
     with_base = run_estimate(components)
@@ -157,3 +157,14 @@ def test_transformer_runs_count_clip_adapters_and_leave_t5_out(family):
 
     everything = sum(size(part) for part in (components.denoiser, components.vae, *components.text_encoders))
     assert with_base.weights == everything - size(t5_encoder(components))
+
+
+def test_zimage_runs_leave_qwen3_out():
+    """Z-Image's Qwen3 waits on the CPU while training (models/encoder_offload.py), as T5 does on Flux and SD3."""
+    components = build_tiny_components(Family.ZIMAGE)
+    found = run_estimate(components)
+
+    def size(part) -> int:
+        return sum(t.numel() * t.element_size() for t in (*part.parameters(), *part.buffers()))
+
+    assert found.weights == size(components.denoiser) + size(components.vae)

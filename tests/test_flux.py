@@ -28,6 +28,7 @@ from traintrain.modes.flow_matching import pack, transformer_predict, unpack
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from transformer_family_helpers import (
+    EncoderWatch,
     all_blocks_spec,
     assert_lora_training_lowers_the_loss,
     assert_same_weights,
@@ -223,27 +224,6 @@ def test_resume_across_families_is_refused(tmp_path, flux):
     network.resume_from(flux_file)  # the same family continues
 
 
-class T5Watch:
-    """Where T5 is sent (models/t5_offload.py), and how often it had run since it was first sent: a job offloads
-    it once the prompts are cached, so it should run 0 times until it is sent back after the loop."""
-
-    def __init__(self, monkeypatch):
-        from traintrain.models import t5_offload
-
-        self.moves: list[tuple[str, int]] = []  # (device type, T5 runs since the first move)
-        self.runs = 0
-        move = t5_offload._move
-
-        def recording_move(model, device):
-            if type(model).__name__ == "T5EncoderModel":
-                if not self.moves:
-                    model.register_forward_hook(lambda *_: setattr(self, "runs", self.runs + 1))
-                self.moves.append((device.type, self.runs))
-            move(model, device)
-
-        monkeypatch.setattr(t5_offload, "_move", recording_move)
-
-
 @pytest.mark.parametrize("blocks", ["default", "without BASE"])
 def test_lora_job_on_a_flux_single_file(written, tmp_path, monkeypatch, blocks):
     root, single, _ = written
@@ -257,7 +237,7 @@ def test_lora_job_on_a_flux_single_file(written, tmp_path, monkeypatch, blocks):
         train_seed=3, save_lora_name="flux_lora", preview_prompts="a cat", network_blocks=network_blocks,
         train_textencoder_learning_rate=1e-3,
     )
-    t5 = T5Watch(monkeypatch)
+    t5 = EncoderWatch(monkeypatch, "T5EncoderModel")
     result = run_job(config, output_dir=tmp_path / "out", report=events.append)
     tensors, metadata = load_lora(result.path)
     assert metadata["ss_base_model_version"] == "flux1"
@@ -287,7 +267,7 @@ def test_ileco_trains_clip_l_with_network_train_text_encoder(written, tmp_path, 
         train_learning_rate=1e-2, image_size=[SIZE, SIZE], train_model_precision="fp32", save_precision="fp32",
         train_seed=3, save_lora_name="ileco_te", preview_sampling_steps=1,
     )
-    t5 = T5Watch(monkeypatch)
+    t5 = EncoderWatch(monkeypatch, "T5EncoderModel")
     events = []
     result = run_job(config, output_dir=tmp_path / "out", report=events.append)
     tensors, _ = load_lora(result.path)

@@ -30,6 +30,7 @@ from traintrain.modes.flow_matching import transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from transformer_family_helpers import (
+    EncoderWatch,
     all_blocks_spec,
     assert_lora_training_lowers_the_loss,
     assert_same_weights,
@@ -162,22 +163,45 @@ def test_resume_across_families_is_refused(tmp_path, zimage):
     AdapterNetwork(copy.deepcopy(zimage), all_blocks_spec()).resume_from(zimage_file)  # the same family continues
 
 
-def test_lora_job_on_a_zimage_folder(folder, tmp_path):
+def test_lora_job_on_a_zimage_folder(folder, tmp_path, monkeypatch):
     write_demo_images(tmp_path / "images")
     size = 64
     config = TrainConfig(
         model=str(folder), lora_data_directory=str(tmp_path / "images"), network_rank=4, network_alpha=4,
         train_iterations=2, train_batch_size=2, train_learning_rate=1e-3, image_size=[size, size],
         image_buckets_step=size, image_min_length=size, train_model_precision="fp32", save_precision="fp32",
-        train_seed=3, save_lora_name="zimage_lora",
+        train_seed=3, save_lora_name="zimage_lora", preview_prompts="a cat", preview_sampling_steps=1,
     )
+    qwen3 = EncoderWatch(monkeypatch, "Qwen3Model")
     result = run_job(config, output_dir=tmp_path / "out")
+    # Qwen3 went to the CPU once the captions were cached, ran at no step, came back for the previews
+    assert qwen3.moves == [("cpu", 0), ("cpu", 0)] and result.outcome.preview.is_file()
     tensors, metadata = load_lora(result.path)
     assert metadata["ss_base_model_version"] == "zimage"
     assert metadata["modelspec.architecture"] == "Z-Image/lora"
     assert metadata["modelspec.prediction_type"] == "flow"
     assert all(k.startswith(("transformer.layers.", "transformer.noise_refiner.", "transformer.context_refiner."))
                for k in tensors) and len(result.losses) == 2
+
+
+@pytest.mark.parametrize("mode", ["iLECO", "Difference"])
+def test_qwen3_waits_on_the_cpu_while_the_other_modes_train(folder, tmp_path, monkeypatch, mode):
+    from PIL import Image
+
+    pair = {}
+    if mode == "Difference":
+        for name, colour in (("original_image", "red"), ("target_image", "blue")):
+            Image.new("RGB", (64, 64), colour).save(tmp_path / f"{name}.png")
+            pair[name] = str(tmp_path / f"{name}.png")
+    config = TrainConfig(
+        model=str(folder), mode=mode, original_prompt="a red cat", target_prompt="a blue dog", network_rank=4,
+        network_alpha=4, train_iterations=2, train_learning_rate=1e-3, image_size=[64, 64],
+        train_model_precision="fp32", save_precision="fp32", train_seed=3, save_lora_name=f"zimage_{mode}", **pair,
+    )
+    qwen3 = EncoderWatch(monkeypatch, "Qwen3Model")
+    run_job(config, output_dir=tmp_path / "out")
+    loops = 2 if mode == "Difference" else 1  # Difference: the copier's loop, then the difference's
+    assert qwen3.moves == [("cpu", 0)] * 2 * loops
 
 
 @pytest.mark.parametrize("form", ["folder", "single file"])

@@ -58,3 +58,25 @@ def assert_lora_training_lowers_the_loss(tiny, prompts: list[str], steps: int) -
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+class EncoderWatch:
+    """Where the offloaded text encoder of class `name` is sent (models/encoder_offload.py), and how often it had
+    run since it was first sent: a job offloads it once the prompts are cached, so it should run 0 times until
+    it is sent back after the loop."""
+
+    def __init__(self, monkeypatch, name: str):
+        from traintrain.models import encoder_offload
+
+        self.moves: list[tuple[str, int]] = []  # (device type, runs since the first move)
+        self.runs = 0
+        move = encoder_offload._move
+
+        def recording_move(model, device):
+            if type(model).__name__ == name:
+                if not self.moves:
+                    model.register_forward_hook(lambda *_: setattr(self, "runs", self.runs + 1))
+                self.moves.append((device.type, self.runs))
+            move(model, device)
+
+        monkeypatch.setattr(encoder_offload, "_move", recording_move)

@@ -9,8 +9,8 @@ from typing import cast
 import torch
 
 from traintrain.choices import TEXT_ENCODER_BLOCK
+from traintrain.models.encoder_offload import encoder_for_encoding, encoder_offloaded
 from traintrain.models.encoding import Conditioning, encode_prompts
-from traintrain.models.t5_offload import t5_for_encoding, t5_offloaded
 from traintrain.modes.registry import ModeOutcome
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.training.events import Message
@@ -73,14 +73,15 @@ def train_result_network(
 ) -> ModeOutcome:
     """Train the network whose file is the job's result: periodic saves and previews, final save.
 
-    The modes have every prompt's T5 states cached by now (models/t5_offload.py): T5 waits on the CPU during the
-    loop, comes back for previews, and is back on its device when training ends (the final previews use it).
+    The modes have every prompt's states of the largest text encoder (T5, Z-Image's Qwen3) cached by now
+    (models/encoder_offload.py): it waits on the CPU during the loop, comes back for previews, and is back on its
+    device when training ends (the final previews use it).
     `data_order` (get_state/set_state) is the position of the mode's batches, kept in resumable states.
     """
     from traintrain.modes.previews import preview_prompts, render_previews
 
     def preview(step: int) -> None:
-        with t5_for_encoding(components):
+        with encoder_for_encoding(components):
             render_previews(config, components, network, copier, run, suffix=f"_{step}steps")
 
     task = TrainingTask(
@@ -104,6 +105,6 @@ def train_result_network(
 
     task.on_final_save = save_final
     task.keep_final_state = config.save_state
-    with t5_offloaded(components):
+    with encoder_offloaded(components):
         result = run_loop(task, config, run.report)
     return ModeOutcome(saved[-1], result.losses, network, copier)

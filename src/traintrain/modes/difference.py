@@ -12,7 +12,7 @@ import torch
 
 from traintrain.data.dataset import image_background
 from traintrain.errors import UserError
-from traintrain.models.t5_offload import t5_offloaded
+from traintrain.models.encoder_offload import encoder_offloaded
 from traintrain.modes.common import (
     build_network,
     fixed_conditionings,
@@ -92,7 +92,7 @@ def train_copier(config, components, run, samples, cond):
         keep_final_state=result_only and config.save_state,
         processes=run.processes,
     )
-    with t5_offloaded(components):  # the prompts are encoded: T5 waits on the CPU, as in the other loops
+    with encoder_offloaded(components):  # the prompts are encoded: T5 / Qwen3 wait on the CPU, as in the other loops
         result = run_loop(task, config, run.report)
     return copier, result.losses, saved
 

@@ -10,9 +10,9 @@ import torch
 
 from traintrain.data.dataset import BucketBatches, build_training_data
 from traintrain.data.plan_report import plan_lines
+from traintrain.models.encoder_offload import t5_encoder
 from traintrain.models.encoding import Conditioning, encode_prompts, encode_t5
 from traintrain.models.families import Family
-from traintrain.models.t5_offload import t5_encoder
 from traintrain.modes.common import build_network, report_qwen3_not_trained, train_result_network
 from traintrain.modes.inputs import FRAME_FIELDS, IMAGE_FOLDER_FIELDS, check_folder_images_decode, check_image_folder
 from traintrain.modes.objective import image_step_loss

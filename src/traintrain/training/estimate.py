@@ -7,8 +7,8 @@ and precision is traced:
 the tensors autograd keeps for the backward pass are the activation memory, and
 `torch.utils.flop_counter` gives the step's floating-point operations. Attention is counted as the
 fused kernels (flash / memory-efficient SDPA) run it on a GPU and on a recent CPU: without the
-B x heads x N x N weights. Weights are the frozen model's real bytes as loaded (without T5, which waits on
-the CPU while training: models/t5_offload.py); the network adds
+B x heads x N x N weights. Weights are the frozen model's real bytes as loaded (without T5 or
+Z-Image's Qwen3, which wait on the CPU while training: models/encoder_offload.py); the network adds
 its weights, gradients and the optimizer's states.
 
 Seconds per step = FLOPs / the device's measured matmul rate / an efficiency, plus a per-layer
@@ -25,8 +25,8 @@ import torch
 from torch.nn import functional as F
 
 from traintrain.choices import Optimizer
+from traintrain.models.encoder_offload import offloaded_encoder
 from traintrain.models.families import Family
-from traintrain.models.t5_offload import t5_encoder
 from traintrain.models.tokenizers import MAX_LENGTH
 from traintrain.training.events import Message, Reporter
 
@@ -78,7 +78,7 @@ def estimate_run(components, spec, config, device: torch.device, model_dtype: to
                                                       config.use_gradient_checkpointing)
     inputs = _meta_inputs(components, denoiser, batch, height, width, model_dtype)
     activations, forward_flops, backward_flops = _trace_step(denoiser, inputs)
-    offloaded = t5_encoder(components)  # on the CPU while training (models/t5_offload.py)
+    offloaded = offloaded_encoder(components)  # on the CPU while training (models/encoder_offload.py)
     weights = sum(_bytes(part) for part in (components.denoiser, components.vae, *components.text_encoders)
                   if part is not offloaded)
     state = STATE_BYTES.get(config.train_optimizer, DEFAULT_STATE_BYTES)
