@@ -31,7 +31,7 @@ CHANGED = {
     "image_num_multiply": 3, "image_disable_upscale": True, "image_alpha_mask": False, "latent_cache_dir": "cache",
     "diff_alt_ratio": -0.5, "diff_revert_original_target": True, "diff_use_diff_mask": True,
     "diff_target_name": "_after", "preview_prompts": "a cat;a dog", "preview_every_steps": 50,
-    "preview_sampling_steps": 8,
+    "preview_sampling_steps": 8, "preview_guidance": 4.5,
     "train_optimizer_settings": "weight_decay=0.1; betas=0.9,0.99", "train_vae_precision": "bf16",
     "train_loss_function": "smooth_L1", "train_noise_offset": 0.05, "logging_tensorboard": True,
     "train_nan_policy": "skip", "train_nan_skip_limit": 3,

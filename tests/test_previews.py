@@ -22,7 +22,14 @@ from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.models.zimage_text import prompt_states
 from traintrain.modes.previews import MULTIPLIERS
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
-from traintrain.rendering import ROW_TITLE_MIN_WIDTH, generate, labelled_grid, pipeline_from_components, recipe_of
+from traintrain.rendering import (
+    ROW_TITLE_MIN_WIDTH,
+    generate,
+    labelled_grid,
+    pipeline_from_components,
+    recipe_of,
+    usual_guidance,
+)
 from traintrain.training.events import PREVIEW, Message, Progress, Saved, Written
 
 PREVIEWS = dict(preview_prompts="tt, a red circle", preview_every_steps=2, preview_sampling_steps=2,
@@ -56,7 +63,7 @@ def test_step_0_preview_is_the_base_model(root, tmp_path):
 
     base = pipeline_from_components(load_model(config.model))
     base.set_progress_bar_config(disable=True)
-    images = generate(base, ["tt, a red circle"], (64, 64), seed=result.seed, steps=2)
+    images = generate(base, ["tt, a red circle"], (64, 64), seed=result.seed, steps=2, guidance=7.0)  # SD's usual
     expected = labelled_grid([images] * len(MULTIPLIERS), [f"LoRA x{m:+g}" for m in MULTIPLIERS],
                              row_titles=["tt, a red circle"])
     assert np.array_equal(as_array(before), np.asarray(expected).astype(int))
@@ -143,3 +150,34 @@ def test_sd3_and_zimage_jobs_render_previews(tmp_path, family, model, name):
                        ("job_0steps_preview.png", "job_1steps_preview.png", "job_preview.png")]
     assert Image.open(written[-1]).size == (ROW_TITLE_MIN_WIDTH + 64 * len(MULTIPLIERS), 18 + 64)
     assert not [e.text for e in events if isinstance(e, Message) and e.level == "warning" and "preview" in e.text]
+
+
+@pytest.mark.parametrize("family, source, usual", [
+    (Family.SD1, "m.safetensors", 7.0), (Family.SDXL, "xl.safetensors", 7.0), (Family.SD3, "sd3.5.safetensors", 7.0),
+    (Family.FLUX, "flux1-dev.safetensors", 3.5), (Family.ZIMAGE, "/models/Z-Image", 5.0),
+    (Family.ZIMAGE, "/models/Z-Image-Turbo", 0.0), (Family.ZIMAGE, "/m/z_image_turbo_bf16.safetensors", 0.0),
+])
+def test_previews_use_the_guidance_the_model_is_usually_sampled_with(family, source, usual):
+    class Loaded:  # what usual_guidance reads of a loaded model
+        pass
+
+    loaded = Loaded()
+    loaded.family, loaded.source = family, source
+    assert usual_guidance(loaded) == usual
+
+
+@pytest.mark.parametrize("asked, used", [(0.0, 7.0), (2.5, 2.5)])
+def test_preview_guidance_overrides_the_usual_one(root, tmp_path, monkeypatch, asked, used):
+    from traintrain.modes import previews
+
+    seen = []
+    real = previews.generate
+
+    def recording(*args, guidance, **kwargs):
+        seen.append(guidance)
+        return real(*args, guidance=guidance, **kwargs)
+
+    monkeypatch.setattr(previews, "generate", recording)
+    run_job(tiny_job(root, preview_prompts="a cat", preview_sampling_steps=1, train_iterations=1,
+                     preview_guidance=asked), output_dir=tmp_path)
+    assert seen and set(seen) == {used}

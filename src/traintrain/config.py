@@ -239,6 +239,11 @@ class TrainConfig:
         0, "also render previews every N steps and once before the first (0 = only at the end)", minimum=0
     )
     preview_sampling_steps: int = _param(20, "sampling steps of preview images", minimum=1, maximum=150)
+    preview_guidance: float = _param(
+        0.0, "guidance of preview images; 0 = the model's usual: CFG 7 on SD1/SD2/SDXL and SD3, Flux.1-dev's "
+        "distilled 3.5, Z-Image 5, none on Z-Image-Turbo (a model named so) and Flux.1-schnell; 1 = no CFG",
+        minimum=0.0, maximum=30.0,
+    )
     gen_noise_scheduler: NoiseScheduler = _param(NoiseScheduler.DDIM, "sampler of preview images (LMS needs scipy)")
     network_train_text_encoder: bool = _param(
         False, "iLECO: also train the text encoder (BASE): the Original prompt is encoded every step with the LoRA on"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -124,6 +125,21 @@ RECIPES: dict[Family, Recipe] = {
     Family.SD3: Recipe("StableDiffusion3Pipeline", "transformer", 3, _sd3_options),
     Family.ZIMAGE: Recipe("ZImagePipeline", "transformer", 1, _zimage_options),
 }
+
+
+# The guidance each family's models are usually sampled with: A1111's CFG 7 on SD, the pipelines' defaults on
+# SD3 (7) and Z-Image (5), Flux.1-dev's distilled guidance 3.5 (schnell has no guidance input and ignores it).
+USUAL_GUIDANCE = {Family.SD1: 7.0, Family.SD2: 7.0, Family.SDXL: 7.0, Family.SD3: 7.0, Family.FLUX: 3.5,
+                  Family.ZIMAGE: 5.0}
+NO_GUIDANCE = 0.0  # the pipelines run without classifier-free guidance at a scale of 1 or less
+
+
+def usual_guidance(components) -> float:
+    """What previews are sampled with unless `preview_guidance` says otherwise. Z-Image-Turbo is distilled to
+    sample without CFG (its card: guidance 0); nothing in its weights tells it from Z-Image, its name does."""
+    if components.family is Family.ZIMAGE and "turbo" in Path(components.source).name.lower():
+        return NO_GUIDANCE
+    return USUAL_GUIDANCE[components.family]
 
 
 def pipeline_from_components(components, sampler: NoiseScheduler = NoiseScheduler.DDIM):

@@ -15,7 +15,7 @@ import torch
 
 from traintrain.fileio import atomic_path
 from traintrain.modes.registry import get_mode
-from traintrain.rendering import generate, labelled_grid, pipeline_from_components
+from traintrain.rendering import generate, labelled_grid, pipeline_from_components, usual_guidance
 from traintrain.training.events import PREVIEW, Message, Written
 
 MULTIPLIERS = (-1.0, 0.0, 1.0)
@@ -47,6 +47,7 @@ def render_previews(config, components, network, copier, run, suffix: str = "") 
             network.set_multiplier(multiplier)
             columns.append(generate(
                 pipe, prompts, tuple(config.image_size), seed=run.seed, steps=config.preview_sampling_steps,
+                guidance=config.preview_guidance or usual_guidance(components),
                 negative_prompt=config.negative_prompt,
             ))
     finally:
