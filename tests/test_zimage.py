@@ -329,3 +329,22 @@ def test_a_lumina2_file_is_not_taken_for_z_image(tmp_path):
     with pytest.raises(UserError, match="not a Z-Image transformer.*Lumina 2") as error:
         load_model(lumina)
     assert error.value.field == "model"
+
+
+def test_a_comfyui_scaled_fp8_file_loads_as_the_weights_it_stands_for(single, zimage):
+    from safetensors.torch import load_file
+
+    from test_checkpoint_reading import scaled_fp8
+
+    scaled = single.with_name("z_image_turbo_fp8_scaled.safetensors")  # its companions are beside it
+    save_file(scaled_fp8(load_file(str(single))), str(scaled))
+    loaded = load_model(scaled, tokenizer_dir=single.with_name(single.stem + ".tokenizer"))
+    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cond = encode_prompts(zimage, ["a photo of a cat", "dog"])
+        sigmas = torch.tensor([0.6, 0.3])
+        expected = transformer_predict(zimage, noisy, sigmas, cond)
+        got = transformer_predict(loaded, noisy, sigmas, cond)
+    error = ((got - expected).abs().mean() / expected.abs().mean()).item()
+    print(f"scaled fp8 file: mean relative error of the transformer's output {error:.3f}")
+    assert error <= 0.1  # measured 0.049: fp8's 3-bit mantissa (without the scales the weights are off by ~1e4)

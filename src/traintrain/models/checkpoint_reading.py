@@ -30,7 +30,27 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             raise _corrupt_safetensors(path, error) from error
     else:
         state = torch_load(path)
-    return {key: _upcast_float8(value) for key, value in state.items()}
+    return {key: _upcast_float8(value) for key, value in dequantized(state).items()}
+
+
+SCALED_FP8_MARKER = "scaled_fp8"
+SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+
+
+def dequantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's scaled fp8 files (`*_fp8_scaled.safetensors`: a `scaled_fp8` marker, fp8 weights each with a
+    `scale_weight`, and `scale_input` for fp8 matmuls) read as the weights they stand for: each weight times its
+    scale, in float32; the marker and the scales are dropped. Without this the scales would be taken for layers
+    and every weight would be off by its scale."""
+    if SCALED_FP8_MARKER not in state and not any(key.endswith(".scale_weight") for key in state):
+        return state
+    weights = {}
+    for key, value in state.items():
+        if key == SCALED_FP8_MARKER or key.endswith(SCALE_SUFFIXES):
+            continue
+        scale = state.get(key.removesuffix("weight") + "scale_weight") if key.endswith(".weight") else None
+        weights[key] = value if scale is None else value.float() * scale.float()
+    return weights
 
 
 def _upcast_float8(tensor: torch.Tensor) -> torch.Tensor:
