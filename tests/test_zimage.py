@@ -80,7 +80,8 @@ def test_tiny_zimage_loads_offline(folder, zimage):
 
 def test_reference_keys_are_detected():
     reference = {f"model.diffusion_model.{k}" for k in ("layers.0.attention.qkv.weight", "cap_embedder.1.weight",
-                                                          "noise_refiner.0.attention.qkv.weight")}
+                                                          "noise_refiner.0.attention.qkv.weight",
+                                                          "layers.0.adaLN_modulation.0.weight")}
     assert is_zimage_checkpoint(reference) and is_zimage_checkpoint({k.split(".", 2)[2] for k in reference})
     assert not is_flux_checkpoint(reference) and not is_sd3_checkpoint(reference)
     assert not is_zimage_checkpoint({"model.diffusion_model.input_blocks.0.0.weight"})
@@ -326,9 +327,11 @@ def test_a_lumina2_file_is_not_taken_for_z_image(tmp_path):
     names = ("layers.0.attention.qkv.weight", "cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight")
     lumina = tmp_path / "lumina_2.safetensors"
     save_file({key: torch.zeros(2, 2) for key in (*names, "layers.0.adaLN_modulation.1.weight")}, str(lumina))
-    with pytest.raises(UserError, match="not a Z-Image transformer.*Lumina 2") as error:
-        load_model(lumina)
-    assert error.value.field == "model"
+    assert not is_zimage_checkpoint(read_checkpoint(lumina))
+    for read in (load_model, read_weight_shapes):  # the loader and the pre-flight header check
+        with pytest.raises(UserError, match="this is a Lumina 2 model.*give a Z-Image or Z-Image-Turbo") as error:
+            read(lumina)
+        assert error.value.field == "model"
 
 
 def test_a_comfyui_scaled_fp8_file_loads_as_the_weights_it_stands_for(single, zimage):

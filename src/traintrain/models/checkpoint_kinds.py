@@ -22,6 +22,7 @@ from traintrain.models.families import (
     Family,
     detect_family_from_ldm_keys,
     is_flux_checkpoint,
+    is_lumina2_checkpoint,
     is_sd3_checkpoint,
     is_zimage_checkpoint,
 )
@@ -62,6 +63,9 @@ def checkpoint_family(path: Path, shapes: Shapes) -> Family:
     transformer_family = transformer_file_family(shapes)  # before the LDM checks: SD3 shares the UNet's prefix
     if transformer_family is not None:  # its text encoders and VAE may be separate files (models/*_loading.py)
         return transformer_family
+    if is_lumina2_checkpoint(shapes):
+        raise UserError(f"{path}: this is a Lumina 2 model, which TrainTrain does not train (it shares Z-Image's "
+                        "key names)", "give a Z-Image or Z-Image-Turbo transformer file", field="model")
     has_unet = any(key.startswith(UNET_PREFIX) for key in shapes)
     if not has_unet and not any(key.startswith(TEXT_ENCODER_ROOTS) for key in shapes):
         raise _not_a_model(path, shapes)
@@ -106,8 +110,9 @@ def _not_a_model(path: Path, shapes: Shapes) -> UserError:
             field="model",
         )
     return UserError(
-        f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys)",
-        "give an SD1.x, SD2.x or SDXL model",
+        f"{path}: not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text-encoder or UNet keys, nor an SD3, "
+        "Flux.1 or Z-Image transformer)",
+        "give an SD1.x, SD2.x or SDXL checkpoint, or an SD3, Flux.1 or Z-Image transformer file",
         field="model",
     )
 

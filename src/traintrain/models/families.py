@@ -105,8 +105,7 @@ FLUX_PREFIXES = ("", "model.diffusion_model.")
 
 def is_flux_checkpoint(keys) -> bool:
     """The file holds a Flux.1 transformer in the reference (BFL) layout."""
-    keys = set(keys)
-    return any(all(prefix + marker in keys for marker in FLUX_MARKERS) for prefix in FLUX_PREFIXES)
+    return _holds(keys, FLUX_MARKERS)
 
 
 # Stability AI's single-file MMDiT layout (sd3_medium*.safetensors, sd3.5_*.safetensors), bare or under the prefix.
@@ -115,8 +114,7 @@ SD3_MARKERS = ("joint_blocks.0.x_block.attn.qkv.weight", "context_embedder.weigh
 
 def is_sd3_checkpoint(keys) -> bool:
     """The file holds an SD3 / SD3.5 MMDiT in the reference layout."""
-    keys = set(keys)
-    return any(all(prefix + marker in keys for marker in SD3_MARKERS) for prefix in FLUX_PREFIXES)
+    return _holds(keys, SD3_MARKERS)
 
 
 def sd3_variant(config) -> str:
@@ -129,10 +127,24 @@ def sd3_variant(config) -> str:
 
 # The reference single-file Z-Image transformer (z_image_turbo_bf16.safetensors): fused attention qkv, bare or
 # under the prefix; diffusers' convert_z_image_transformer_checkpoint_to_diffusers reads it.
-ZIMAGE_MARKERS = ("layers.0.attention.qkv.weight", "cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight")
+# Z-Image modulates each layer through `adaLN_modulation.0`; Lumina 2, whose files share every other name
+# (its next-DiT is Z-Image's ancestor), through `adaLN_modulation.1` (diffusers tells them apart so too).
+NEXT_DIT_MARKERS = ("layers.0.attention.qkv.weight", "cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight")
+ZIMAGE_MODULATION, LUMINA2_MODULATION = "layers.0.adaLN_modulation.0.weight", "layers.0.adaLN_modulation.1.weight"
+ZIMAGE_MARKERS = (*NEXT_DIT_MARKERS, ZIMAGE_MODULATION)
+LUMINA2_MARKERS = (*NEXT_DIT_MARKERS, LUMINA2_MODULATION)
 
 
 def is_zimage_checkpoint(keys) -> bool:
     """The file holds a Z-Image transformer in the reference layout."""
+    return _holds(keys, ZIMAGE_MARKERS)
+
+
+def is_lumina2_checkpoint(keys) -> bool:
+    """The file holds a Lumina 2 transformer: Z-Image's key names, its own modulation."""
+    return _holds(keys, LUMINA2_MARKERS)
+
+
+def _holds(keys, markers: tuple[str, ...]) -> bool:
     keys = set(keys)
-    return any(all(prefix + marker in keys for marker in ZIMAGE_MARKERS) for prefix in FLUX_PREFIXES)
+    return any(all(prefix + marker in keys for marker in markers) for prefix in FLUX_PREFIXES)

@@ -14,15 +14,13 @@ import re
 
 import torch
 
-from traintrain.models.families import FLUX_PREFIXES, Family
+from traintrain.models.families import FLUX_PREFIXES, ZIMAGE_MODULATION, Family
 from traintrain.models.loading import config_template
 
 TRANSFORMER_ROOTS = ("x_embedder.", "final_layer.", "t_embedder.", "cap_embedder.", "layers.", "noise_refiner.",
                      "context_refiner.", "x_pad_token", "cap_pad_token", "norm_final.")
 PAD_TOKENS = ("x_pad_token", "cap_pad_token")
-# Z-Image's per-layer modulation; Lumina 2, whose files share every other name, keeps it at `adaLN_modulation.1`
-# (diffusers tells the two apart by this key too)
-MODULATION = "layers.0.adaLN_modulation.0.weight"
+MODULATION = ZIMAGE_MODULATION  # what tells Z-Image from Lumina 2 (models/families.py)
 UNUSED = "norm_final.weight"  # the original code's model-level norm; its final layer has its own
 # diffusers name -> reference name, for the tensors renamed one to one
 RENAMED = ((".attention.to_out.0.", ".attention.out."), (".attention.norm_q.", ".attention.q_norm."),
