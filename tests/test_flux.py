@@ -32,6 +32,7 @@ from transformer_family_helpers import (
     all_blocks_spec,
     assert_lora_training_lowers_the_loss,
     assert_same_weights,
+    clip_outputs,
     flow_config,
     frozen_tiny,
 )
@@ -149,18 +150,11 @@ def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, flux):
     assert (expected - got).abs().max() <= 1e-4
     # block BASE: CLIP-L's LoRA, named as FluxPipeline's loader reads it, gives diffusers our CLIP-L outputs
     assert any(k.startswith("text_encoder.text_model.encoder.layers.") for k in network.tensors_for_save(torch.float32))
-    ours_clip, theirs_clip, base_clip = (_clip_outputs(c.text_encoders[0], flux.tokenizers[0])
+    ours_clip, theirs_clip, base_clip = (clip_outputs(c.text_encoders[0], flux.tokenizers[0])
                                          for c in (ours, theirs, flux))
     assert (ours_clip - base_clip).abs().max() > 1e-2
     assert (ours_clip - theirs_clip).abs().max() <= 1e-4
 
-
-def _clip_outputs(encoder, tokenizer) -> torch.Tensor:
-    """A CLIP encoder's last and penultimate states and pooled output for a prompt, side by side."""
-    ids = tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        output = encoder(ids, output_hidden_states=True)
-    return torch.cat([output.hidden_states[-1][0].flatten(), output.hidden_states[-2][0].flatten(), output[1][0]])
 
 
 def test_base_trains_clip_l_at_its_learning_rate_and_never_t5(flux):

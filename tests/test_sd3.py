@@ -33,6 +33,7 @@ from transformer_family_helpers import (
     all_blocks_spec,
     assert_lora_training_lowers_the_loss,
     assert_same_weights,
+    clip_outputs,
     frozen_tiny,
 )
 
@@ -159,18 +160,11 @@ def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, sd3):
     saved = network.tensors_for_save(torch.float32)
     for index, prefix in enumerate(("text_encoder.", "text_encoder_2.")):
         assert any(k.startswith(prefix + "text_model.encoder.layers.") for k in saved)
-        ours_clip, theirs_clip, base_clip = (_clip_outputs(c.text_encoders[index], sd3.tokenizers[index])
+        ours_clip, theirs_clip, base_clip = (clip_outputs(c.text_encoders[index], sd3.tokenizers[index])
                                              for c in (ours, theirs, sd3))
         assert (ours_clip - base_clip).abs().max() > 1e-2
         assert (ours_clip - theirs_clip).abs().max() <= 1e-4
 
-
-def _clip_outputs(encoder, tokenizer) -> torch.Tensor:
-    """A CLIP encoder's last and penultimate states and projected pooled output for a prompt, side by side."""
-    ids = tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        output = encoder(ids, output_hidden_states=True)
-    return torch.cat([output.hidden_states[-1][0].flatten(), output.hidden_states[-2][0].flatten(), output[0][0]])
 
 
 def test_base_trains_both_clips_and_never_t5(tmp_path, sd3):

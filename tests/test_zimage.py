@@ -26,7 +26,6 @@ from traintrain.models.loading import config_template, load_model, read_weight_s
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.models.zimage_keys import diffusers_to_reference, transformer_config
 from traintrain.models.zimage_single_file import qwen3_encoder
-from traintrain.modes.flow_matching import transformer_predict
 from traintrain.networks.kohya_format import load_lora, save_lora
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from transformer_family_helpers import (
@@ -34,6 +33,7 @@ from transformer_family_helpers import (
     all_blocks_spec,
     assert_lora_training_lowers_the_loss,
     assert_same_weights,
+    fixed_predictions,
     frozen_tiny,
 )
 
@@ -119,13 +119,7 @@ def test_saved_file_loads_in_diffusers_with_the_same_output(tmp_path, zimage):
     save_lora(path, tensors, {"ss_base_model_version": "zimage"})
     theirs = copy.deepcopy(zimage)
     _pipeline(theirs).load_lora_weights(str(path))
-    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        cond = encode_prompts(zimage, ["a photo of a cat", "dog"])
-        sigmas = torch.tensor([0.6, 0.3])
-        expected = transformer_predict(ours, noisy, sigmas, cond)
-        got = transformer_predict(theirs, noisy, sigmas, cond)
-        base = transformer_predict(zimage, noisy, sigmas, cond)
+    expected, got, base = fixed_predictions(zimage, ours, theirs, zimage)
     assert (expected - base).abs().max() > 1e-2  # the adapter really changes the output
     assert (expected - got).abs().max() <= 1e-4
 
@@ -241,13 +235,11 @@ def test_the_reference_single_file_loads_like_the_folder(single, folder, zimage)
     assert from_file.tokenizers[0]("a red cat").input_ids == zimage.tokenizers[0]("a red cat").input_ids
     assert "norm_final.weight" in read_checkpoint(single)  # the release's unused norm, dropped on loading
     assert read_weight_shapes(single).family is Family.ZIMAGE
-    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected, got = fixed_predictions(from_folder, from_folder, from_file)
     with torch.no_grad():
-        cond = encode_prompts(from_folder, ["a photo of a cat", "dog"])
-        sigmas = torch.tensor([0.6, 0.3])
-        expected = transformer_predict(from_folder, noisy, sigmas, cond)
-        got = transformer_predict(from_file, noisy, sigmas, cond)
-        assert (encode_prompts(from_file, ["a photo of a cat", "dog"]).hidden - cond.hidden).abs().max() <= 1e-5
+        file_states, folder_states = (encode_prompts(m, ["a photo of a cat", "dog"]).hidden for m in (from_file,
+                                                                                                     from_folder))
+    assert (file_states - folder_states).abs().max() <= 1e-5
     assert (expected - got).abs().max() <= 1e-5
 
 
@@ -311,13 +303,7 @@ def test_lora_trained_on_the_single_file_loads_in_diffusers(single, tmp_path):
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
     AdapterNetwork(ours, all_blocks_spec(rank=4, alpha=4)).apply().resume_from(result.path)
     _pipeline(theirs).load_lora_weights(str(result.path))
-    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        cond = encode_prompts(base, ["a photo of a cat", "dog"])
-        sigmas = torch.tensor([0.6, 0.3])
-        expected = transformer_predict(ours, noisy, sigmas, cond)
-        got = transformer_predict(theirs, noisy, sigmas, cond)
-        untouched = transformer_predict(base, noisy, sigmas, cond)
+    expected, got, untouched = fixed_predictions(base, ours, theirs, base)
     assert (expected - untouched).abs().max() > 1e-4  # the trained adapter changes the output
     assert (expected - got).abs().max() <= 1e-4
 
@@ -342,12 +328,7 @@ def test_a_comfyui_scaled_fp8_file_loads_as_the_weights_it_stands_for(single, zi
     scaled = single.with_name("z_image_turbo_fp8_scaled.safetensors")  # its companions are beside it
     save_file(scaled_fp8(load_file(str(single))), str(scaled))
     loaded = load_model(scaled, tokenizer_dir=single.with_name(single.stem + ".tokenizer"))
-    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        cond = encode_prompts(zimage, ["a photo of a cat", "dog"])
-        sigmas = torch.tensor([0.6, 0.3])
-        expected = transformer_predict(zimage, noisy, sigmas, cond)
-        got = transformer_predict(loaded, noisy, sigmas, cond)
+    expected, got = fixed_predictions(zimage, zimage, loaded)
     error = ((got - expected).abs().mean() / expected.abs().mean()).item()
     print(f"scaled fp8 file: mean relative error of the transformer's output {error:.3f}")
     assert error <= 0.1  # measured 0.049: fp8's 3-bit mantissa (without the scales the weights are off by ~1e4)

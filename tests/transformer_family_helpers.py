@@ -11,7 +11,7 @@ from traintrain.choices import ALL_BLOCK_IDS
 from traintrain.config import TrainConfig
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.tiny import build_tiny_components
-from traintrain.modes.flow_matching import flow_matching_step_loss
+from traintrain.modes.flow_matching import flow_matching_step_loss, transformer_predict
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 
 
@@ -80,3 +80,23 @@ class EncoderWatch:
             move(model, device)
 
         monkeypatch.setattr(encoder_offload, "_move", recording_move)
+
+
+def clip_outputs(encoder, tokenizer) -> torch.Tensor:
+    """A CLIP encoder's last and penultimate states and pooled output (projected where the model projects it,
+    as SD3's do) for a prompt, side by side."""
+    ids = tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        output = encoder(ids, output_hidden_states=True)
+    pooled = output.text_embeds if hasattr(output, "text_embeds") else output.pooler_output
+    return torch.cat([output.hidden_states[-1][0].flatten(), output.hidden_states[-2][0].flatten(), pooled[0]])
+
+
+def fixed_predictions(prompts_from, *models) -> list[torch.Tensor]:
+    """Each model's transformer output on the same noisy latents, noise levels and prompts (encoded by
+    `prompts_from`): what the tests compare between a model and its reloaded or adapted copies."""
+    noisy = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cond = encode_prompts(prompts_from, ["a photo of a cat", "dog"])
+        sigmas = torch.tensor([0.6, 0.3])
+        return [transformer_predict(model, noisy, sigmas, cond) for model in models]
