@@ -17,8 +17,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from traintrain.config import ALL_BLOCK_IDS
+from traintrain.models.assembly import config_template
 from traintrain.models.families import Family
-from traintrain.models.loading import config_template
 from traintrain.models.tiny import build_tiny_components
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 

@@ -19,10 +19,11 @@ from torch.nn import functional as F
 
 from traintrain.choices import TEXT_ENCODER_BLOCK
 from traintrain.config import ALL_BLOCK_IDS, TrainConfig
+from traintrain.models.assembly import TEXT_ENCODER_FOLDERS, build_text_encoder, config_template
 from traintrain.models.components import ModelComponents
 from traintrain.models.encoding import Conditioning, encode_prompts
 from traintrain.models.families import SPECS, Family
-from traintrain.models.loading import TEXT_ENCODER_FOLDERS, build_text_encoder, config_template, load_model
+from traintrain.models.loading import load_model
 from traintrain.models.tiny import write_tiny_model
 from traintrain.models.tokenizers import build_tiny_tokenizer
 from traintrain.networks.network import AdapterNetwork, NetworkSpec

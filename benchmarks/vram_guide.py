@@ -34,10 +34,10 @@ from speed_variants import full_size_components  # noqa: E402
 
 from traintrain.choices import ModelPrecision  # noqa: E402
 from traintrain.config import TrainConfig  # noqa: E402
+from traintrain.models.assembly import build_text_encoder, config_template  # noqa: E402
 from traintrain.models.components import ModelComponents  # noqa: E402
 from traintrain.models.families import Family  # noqa: E402
 from traintrain.models.flux_text import T5_MAX_LENGTH, build_tiny_t5_tokenizer  # noqa: E402
-from traintrain.models.loading import build_text_encoder, config_template  # noqa: E402
 from traintrain.models.sd3_text import T5_MAX_LENGTH as SD3_T5_LENGTH  # noqa: E402
 from traintrain.models.tokenizers import build_tiny_tokenizer  # noqa: E402
 from traintrain.models.zimage_text import MAX_LENGTH as QWEN_LENGTH  # noqa: E402

@@ -10,10 +10,11 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
+from traintrain.models.assembly import config_template
 from traintrain.models.families import Family
 from traintrain.models.flow_schedule import dynamic_shift, schedule_sigmas, scheduler_config
 from traintrain.models.flux_tiny import build_tiny_flux
-from traintrain.models.loading import config_template, load_model
+from traintrain.models.loading import load_model
 from traintrain.models.sd3_tiny import build_tiny_sd3
 from traintrain.models.tiny import write_tiny_model
 from traintrain.modes.flow_matching import flow_sigmas

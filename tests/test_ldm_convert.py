@@ -9,10 +9,10 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
+from traintrain.models.assembly import TEXT_ENCODER_FOLDERS, build_text_encoder, config_template
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import SD_FAMILIES, Family, detect_family_from_ldm_keys
 from traintrain.models.ldm_convert import components_to_ldm, open_clip_to_ldm
-from traintrain.models.loading import TEXT_ENCODER_FOLDERS, build_text_encoder, config_template
 from traintrain.models.tiny import build_tiny_components
 
 # Weights whose LDM name and shape we know from the real released checkpoints.

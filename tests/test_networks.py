@@ -4,12 +4,12 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from helpers import no_read_back, randomize_network, tiny_components, unet_inputs
+from traintrain.config import ALL_BLOCK_IDS
 from traintrain.errors import UserError
+from traintrain.models.assembly import build_text_encoder, config_template
+from traintrain.models.families import Family
 from traintrain.networks.network import AdapterNetwork, NetworkSpec
 from traintrain.networks.targeting import block_id_of, text_encoder_targets, unet_block_ids, unet_targets
-from traintrain.config import ALL_BLOCK_IDS
-from traintrain.models.families import Family
-from traintrain.models.loading import build_text_encoder, config_template
 
 
 def spec(**kw):

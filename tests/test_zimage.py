@@ -19,10 +19,11 @@ from sample_images import write_demo_images
 from traintrain.config import TrainConfig
 from traintrain.errors import UserError
 from traintrain.jobs.runner import run_job
+from traintrain.models.assembly import config_template
 from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.encoding import encode_prompts
 from traintrain.models.families import Family, is_flux_checkpoint, is_sd3_checkpoint, is_zimage_checkpoint
-from traintrain.models.loading import config_template, load_model, read_weight_shapes
+from traintrain.models.loading import load_model, read_weight_shapes
 from traintrain.models.tiny import build_tiny_components, write_tiny_model
 from traintrain.models.zimage_keys import diffusers_to_reference, transformer_config
 from traintrain.models.zimage_single_file import qwen3_encoder

@@ -18,11 +18,12 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from traintrain.errors import UserError
+from traintrain.models.assembly import assemble, load_pretrained
 from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import SPECS, Family, detect_family_from_ldm_keys
 from traintrain.models.ldm_convert import VAE_PREFIX, vae_to_ldm
-from traintrain.models.loading import assemble, load_pretrained, vae_config_from_ldm
+from traintrain.models.sd_loading import vae_config_from_ldm
 from traintrain.training.events import Message, Reporter, ignore
 
 FIELD = "model_vae"
@@ -76,7 +77,7 @@ def load_vae(path: Path, family: Family) -> AutoencoderKL:
     except UserError as error:
         if error.field == FIELD:
             raise
-        # loading.py's readers name the model field; here the same problem is the VAE's
+        # the model readers (models/assembly.py) name the model field; here the same problem is the VAE's
         raise UserError(error.problem, error.fix, field=FIELD) from error
 
 

@@ -33,7 +33,7 @@ def scheduler_config(components) -> dict:
     transformer without guidance input)."""
     if components.scheduler_config:
         return components.scheduler_config
-    from traintrain.models.loading import config_template
+    from traintrain.models.assembly import config_template
 
     schnell = components.family is Family.FLUX and not components.denoiser.config.guidance_embeds
     return config_template(components.family, "scheduler_schnell" if schnell else "scheduler")

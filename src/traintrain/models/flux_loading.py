@@ -22,6 +22,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
 from traintrain.errors import UserError
+from traintrain.models.assembly import assemble, build_text_encoder, config_template, count_children, load_pretrained
 from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.discovery import pipeline_class, require_parts
@@ -30,16 +31,7 @@ from traintrain.models.flow_schedule import folder_scheduler_config
 from traintrain.models.flux_keys import bfl_to_diffusers, block_counts, strip_prefix
 from traintrain.models.flux_text import find_flux_tokenizers
 from traintrain.models.ldm_convert import TEXT_ENCODER_PREFIXES, VAE_PREFIX
-from traintrain.models.loading import (
-    _convert_text_encoder,
-    _count,
-    _text_encoder_configs_from_ldm,
-    assemble,
-    build_text_encoder,
-    config_template,
-    load_pretrained,
-    vae_config_from_ldm,
-)
+from traintrain.models.sd_loading import clip_configs_from_ldm, convert_clip_from_ldm, vae_config_from_ldm
 from traintrain.training.events import Reporter, ignore
 
 TRANSFORMER_ROOTS = ("double_blocks.", "single_blocks.", "time_in.", "vector_in.", "guidance_in.", "txt_in.",
@@ -187,10 +179,10 @@ def _clip(source: Path, weights: dict[str, torch.Tensor], tokenizer) -> CLIPText
     """CLIP-L from transformers' keys (`text_model.*`, as clip_l.safetensors holds them)."""
     state = {CLIP_PREFIX + key: value for key, value in weights.items() if key.startswith("text_model.")}
     try:
-        config = _text_encoder_configs_from_ldm(Family.SD1, state, [tokenizer])[0]
+        config = clip_configs_from_ldm(Family.SD1, state, [tokenizer])[0]
     except (KeyError, IndexError, ValueError) as error:
         raise _odd(source, "CLIP-L text encoder", error) from error
-    return assemble(build_text_encoder, config, lambda m: _convert_text_encoder(Family.SD1, 0, state, m), source,
+    return assemble(build_text_encoder, config, lambda m: convert_clip_from_ldm(Family.SD1, 0, state, m), source,
                     "CLIP-L text encoder")
 
 
@@ -204,7 +196,7 @@ def _t5(source: Path, weights: dict[str, torch.Tensor]) -> T5EncoderModel:
         config = config_template(Family.FLUX, "text_encoder_2") | {
             "vocab_size": embedding.shape[0],
             "d_model": embedding.shape[1],
-            "num_layers": _count(weights, "encoder.block."),
+            "num_layers": count_children(weights, "encoder.block."),
             "num_heads": heads,
             "d_kv": weights[attention + "q.weight"].shape[0] // heads,
             "d_ff": weights["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0],

@@ -14,13 +14,13 @@ from safetensors.torch import save_file
 from transformers import T5Config, T5EncoderModel
 
 from traintrain.fileio import atomic_folder, atomic_path
+from traintrain.models.assembly import CONFIG_ROOT, config_template
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import SPECS, Family
 from traintrain.models.flux_keys import diffusers_to_bfl
 from traintrain.models.flux_loading import COMPANIONS, rope_axes
 from traintrain.models.flux_text import T5_FOLDER, build_tiny_t5_tokenizer
 from traintrain.models.ldm_convert import VAE_PREFIX, clip_to_ldm, vae_to_ldm
-from traintrain.models.loading import CONFIG_ROOT, config_template
 from traintrain.models.tokenizers import TOKENIZER_FOLDERS, build_tiny_tokenizer, save_tokenizer
 
 TINY_HEAD_DIM = 32  # the smallest width whose rotary axes (4, 14, 14) are all even

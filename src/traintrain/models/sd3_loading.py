@@ -22,6 +22,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5EncoderModel
 
 from traintrain.errors import UserError
+from traintrain.models.assembly import assemble, config_template, count_children, load_pretrained, text_encoder_heads
 from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.discovery import pipeline_class, require_parts
@@ -29,7 +30,6 @@ from traintrain.models.families import FLUX_PREFIXES, Family
 from traintrain.models.flow_schedule import folder_scheduler_config
 from traintrain.models.flux_loading import Companion, _t5, ldm_vae, locate_companions
 from traintrain.models.ldm_convert import VAE_PREFIX
-from traintrain.models.loading import _count, assemble, config_template, load_pretrained, text_encoder_heads
 from traintrain.models.sd3_keys import joint_block_count
 from traintrain.models.sd3_text import find_sd3_tokenizers
 from traintrain.training.events import Message, Reporter, ignore
@@ -159,7 +159,7 @@ def _clip(source: Path, weights: dict[str, torch.Tensor], tokenizer, companion: 
             "vocab_size": embedding.shape[0],
             "hidden_size": hidden,
             "num_attention_heads": text_encoder_heads(hidden),
-            "num_hidden_layers": _count(weights, "text_model.encoder.layers."),
+            "num_hidden_layers": count_children(weights, "text_model.encoder.layers."),
             "intermediate_size": weights["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
             "max_position_embeddings": weights["text_model.embeddings.position_embedding.weight"].shape[0],
             "projection_dim": weights["text_projection.weight"].shape[0],

@@ -15,12 +15,12 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from traintrain.fileio import atomic_folder, atomic_path
+from traintrain.models.assembly import CONFIG_ROOT, config_template
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.flux_text import build_tiny_t5_tokenizer
 from traintrain.models.flux_tiny import shape_latent_space
 from traintrain.models.ldm_convert import UNET_PREFIX, vae_to_ldm
-from traintrain.models.loading import CONFIG_ROOT, config_template
 from traintrain.models.sd3_keys import diffusers_to_sd3
 from traintrain.models.sd3_loading import CLIP_G, CLIP_L, T5
 from traintrain.models.sd3_text import T5_FOLDER

@@ -16,17 +16,17 @@ from safetensors.torch import save_file
 
 from traintrain.errors import UserError
 from traintrain.fileio import atomic_folder, atomic_path
-from traintrain.models.components import ModelComponents
-from traintrain.models.families import Family
-from traintrain.models.ldm_convert import components_to_ldm
-from traintrain.models.loading import (
+from traintrain.models.assembly import (
     CONFIG_ROOT,
     TEXT_ENCODER_FOLDERS,
     build_text_encoder,
     config_template,
     text_encoder_heads,
-    unet_attention_heads,
 )
+from traintrain.models.components import ModelComponents
+from traintrain.models.families import Family
+from traintrain.models.ldm_convert import components_to_ldm
+from traintrain.models.sd_loading import unet_attention_heads
 from traintrain.models.tokenizers import TOKENIZER_FOLDERS, build_tiny_tokenizer, save_tokenizer
 
 FORMATS = ("single-file", "diffusers")

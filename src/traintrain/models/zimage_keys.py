@@ -14,8 +14,8 @@ import re
 
 import torch
 
+from traintrain.models.assembly import config_template
 from traintrain.models.families import FLUX_PREFIXES, ZIMAGE_MODULATION, Family
-from traintrain.models.loading import config_template
 
 TRANSFORMER_ROOTS = ("x_embedder.", "final_layer.", "t_embedder.", "cap_embedder.", "layers.", "noise_refiner.",
                      "context_refiner.", "x_pad_token", "cap_pad_token", "norm_final.")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from diffusers import AutoencoderKL
 
+from traintrain.models.assembly import load_pretrained
 from traintrain.models.components import ModelComponents
 from traintrain.models.discovery import pipeline_class, require_parts
 from traintrain.models.families import Family
 from traintrain.models.flow_schedule import folder_scheduler_config
-from traintrain.models.loading import load_pretrained
 from traintrain.models.zimage_single_file import load_zimage_single_file
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
 from traintrain.training.events import Reporter, ignore

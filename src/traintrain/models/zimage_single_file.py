@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from traintrain.errors import UserError
+from traintrain.models.assembly import assemble, config_template, count_children
 from traintrain.models.checkpoint_reading import read_checkpoint
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.flux_loading import COMPANIONS as FLUX_COMPANIONS
 from traintrain.models.flux_loading import Companion, ldm_vae, locate_companions
-from traintrain.models.loading import _count, assemble, config_template
 from traintrain.models.zimage_keys import MODULATION, reference_to_diffusers, transformer_config, transformer_weights
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
 from traintrain.training.events import Reporter, ignore
@@ -78,7 +78,7 @@ def qwen3_encoder(source: Path, weights: dict[str, torch.Tensor]):
         config = config_template(Family.ZIMAGE, "text_encoder") | {
             "vocab_size": embedding.shape[0],
             "hidden_size": embedding.shape[1],
-            "num_hidden_layers": _count(weights, "layers."),
+            "num_hidden_layers": count_children(weights, "layers."),
             "head_dim": head,
             "num_attention_heads": weights["layers.0.self_attn.q_proj.weight"].shape[0] // head,
             "num_key_value_heads": weights["layers.0.self_attn.k_proj.weight"].shape[0] // head,

@@ -13,11 +13,11 @@ from safetensors.torch import save_file
 
 from traintrain.errors import UserError
 from traintrain.fileio import atomic_folder, atomic_path
+from traintrain.models.assembly import CONFIG_ROOT, config_template
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.flux_tiny import shape_latent_space
 from traintrain.models.ldm_convert import VAE_PREFIX, vae_to_ldm
-from traintrain.models.loading import CONFIG_ROOT, config_template
 from traintrain.models.zimage_keys import diffusers_to_reference, rope_axes
 from traintrain.models.zimage_single_file import QWEN3, VAE
 from traintrain.models.zimage_text import TOKENIZER_FOLDER, build_tiny_qwen_tokenizer, zimage_class

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from traintrain.data.latent_cache import file_digest
+from traintrain.models.assembly import config_template
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import SPECS, Family
-from traintrain.models.loading import config_template
 from traintrain.models.tiny import tiny_text_encoder, tiny_unet_config
 from traintrain.models.tokenizers import build_tiny_tokenizer
 from traintrain.toyworld.scenes import (
