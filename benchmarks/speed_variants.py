@@ -311,6 +311,11 @@ def adapter(components: ModelComponents) -> AdapterNetwork:
     return AdapterNetwork(components, spec, torch.float32).to(device).apply()
 
 
+def floor_optimizer(parameters) -> torch.optim.Optimizer:
+    """AdamW as the trainer builds it: torch's fused kernel (training/optimizers.py)."""
+    return torch.optim.AdamW(parameters, lr=LEARNING_RATE, fused=True)
+
+
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
     loss.backward()
     optimizer.step()
@@ -320,7 +325,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None
 def lora_floor(components: ModelComponents, case: Case) -> Callable[[], None]:
     """One adapted UNet pass, MSE against the noise, backward, AdamW."""
     inputs = floor_setup(components, case)
-    optimizer = torch.optim.AdamW(adapter(components).parameters(), lr=LEARNING_RATE)
+    optimizer = floor_optimizer(adapter(components).parameters())
 
     def step() -> None:
         prediction = unet_call(components, inputs, inputs.original)
@@ -334,7 +339,7 @@ def ileco_floor(components: ModelComponents, case: Case) -> Callable[[], None]:
     target of the adapted pass on the Original prompt; backward, AdamW."""
     inputs = floor_setup(components, case)
     network = adapter(components)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE)
+    optimizer = floor_optimizer(network.parameters())
 
     def step() -> None:
         with torch.no_grad():
@@ -352,7 +357,7 @@ def difference_floor(components: ModelComponents, case: Case) -> Callable[[], No
     difference network; MSE against the noise, backward, AdamW on the difference network."""
     inputs = floor_setup(components, case)
     adapter(components).requires_grad_(False)  # the copier stays hooked in
-    optimizer = torch.optim.AdamW(adapter(components).parameters(), lr=LEARNING_RATE)
+    optimizer = floor_optimizer(adapter(components).parameters())
 
     def step() -> None:
         prediction = unet_call(components, inputs, inputs.original)

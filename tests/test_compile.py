@@ -109,6 +109,19 @@ def test_a_compile_that_fails_at_the_first_step_falls_back_to_eager_once(monkeyp
     assert "training eagerly" in warnings(events)[0]
 
 
+@pytest.mark.parametrize("device, options", [
+    ("cpu", {"layout_optimization": False}),  # channels-last copies of every frozen conv weight at every step
+    ("cuda", {}),
+])
+def test_inductor_is_told_the_device_settings(monkeypatch, device, options):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    monkeypatch.setattr(compile_module, "compile_unavailable", lambda device: None)
+    model, _ = adapted_layers()
+    assert compile_denoiser(model, torch.device(device), print)
+    assert seen == [{"backend": "inductor", "dynamic": False, "options": options}]
+
+
 def test_inductor_trains_adapted_layers_as_eager():
     """The real backend on a small adapted model (a cold inductor compile of the whole tiny UNet takes
     about 4 minutes on 2 cores; the job test below runs the same wiring through aot_eager). Inductor fuses
