@@ -183,7 +183,7 @@ def targets(rows: list[dict]) -> list[dict]:
             verdicts.append({"target": f"{name} {sense} {value}", "size": row["size"], "mode": row["mode"],
                              "ratio": ratio, "verdict": {None: "no figure", True: "met", False: "not met"}[met]})
         if not held:
-            verdicts.append({"target": f"{name} {sense} {value}", "size": where, "mode": "LoRA", "ratio": None,
+            verdicts.append({"target": f"{name} {sense} {value}", "size": where or "-", "mode": "-", "ratio": None,
                              "verdict": "not run (a GPU size)" if where else "not run"})
     return verdicts
 

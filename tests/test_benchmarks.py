@@ -88,6 +88,18 @@ def test_ratios_and_targets_in_the_table():
     assert "b/a 1.100" in text and "d/a 0.700" in text and "c/b 1.364" in text and "error: boom" in text
 
 
+def test_a_target_no_variant_was_run_for_is_printed_as_not_run():
+    """--variant floor --variant compiled: no trainer row, so nothing holds b/a (it crashed the table)."""
+    rows = [{"size": "tiny 64px b2", "mode": "Difference", "variant": variant, "seconds_per_step": seconds,
+             "peak_mb": 1000.0, "setup_s": 1.0, "warmup_s": 2.0, "after_s": 0.0, "wall_s": 1.0}
+            for variant, seconds in [("floor", 1.0), ("compiled", 0.7)]]
+    bench.add_ratios(rows)
+    verdicts = bench.targets(rows)
+    assert {v["target"]: v["verdict"] for v in verdicts} == {
+        "b/a <= 1.05": "not run", "d/a <= 0.8": "met", "c/b >= 1.15": "not run (a GPU size)"}
+    assert "b/a <= 1.05  -" in bench.table(rows, verdicts)
+
+
 @pytest.mark.slow
 def test_quick_run_prints_every_variant_as_json():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--json", "--threads", "1",
