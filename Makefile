@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo lint host-envs test test-fast clean
+.PHONY: install browser demo lint host-envs gpu-wheels test test-fast clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,13 @@ lint: $(STAMP)
 # builds them too when missing (about 4 minutes each, once).
 host-envs: $(STAMP)
 	cd tests && ../$(PY) -c 'import host_envs; [host_envs.host_python(h) for h in host_envs.HOSTS]'
+
+# For benchmarks/gpu_suite.sh on a lent GPU machine (no network there): the libraries its image may lack, as
+# wheels at the versions installed here, never torch (the image's CUDA build stays).
+GPU_WHEELS := diffusers|accelerate|peft|safetensors|huggingface.hub|transformers|tokenizers|hf.xet|psutil
+gpu-wheels: $(STAMP)
+	rm -rf .gpu_wheels
+	$(PY) -m pip download --quiet --no-deps -d .gpu_wheels $$($(PY) -m pip freeze | grep -iE '^($(GPU_WHEELS))==')
 
 # One test worker per core (tests/conftest.py gives each one CPU thread); a file stays on one worker,
 # so its module fixtures (a trained model, a served app) are built once.

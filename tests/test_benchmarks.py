@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from traintrain.training.events import Progress
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import optimizer_step  # noqa: E402
 import speed_variants  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("benchmarks_run", BENCHMARKS / "run.py")
@@ -98,6 +100,15 @@ def test_a_target_no_variant_was_run_for_is_printed_as_not_run():
     assert {v["target"]: v["verdict"] for v in verdicts} == {
         "b/a <= 1.05": "not run", "d/a <= 0.8": "met", "c/b >= 1.15": "not run (a GPU size)"}
     assert "b/a <= 1.05  -" in bench.table(rows, verdicts)
+
+
+def test_the_optimizer_benchmark_steps_a_whole_adapter_with_each_implementation():
+    parameters = optimizer_step.adapter_parameters(full=False)
+    assert len(parameters) == 384 and all(p.grad is not None for p in parameters)
+    before = [p.detach().clone() for p in parameters]
+    for settings in optimizer_step.IMPLEMENTATIONS.values():
+        assert optimizer_step.milliseconds_per_step(torch.optim.AdamW(parameters, lr=1e-4, **settings), steps=2) > 0
+    assert all(not torch.equal(p, b) for p, b in zip(parameters, before, strict=True))
 
 
 @pytest.mark.slow
