@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from traintrain import cli
 from traintrain.cli import main
@@ -54,6 +54,10 @@ def world(tmp_path_factory):
     (root / "truncated.ckpt").write_bytes((root / "pickle.ckpt").read_bytes()[:40])
     save_file({"weight": torch.zeros(2, 2)}, str(root / "not_sd.safetensors"))
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(root / "a_lora.safetensors"))
+    nvfp4 = load_file(str(w["model"]))
+    layer = next(key.removesuffix(".weight") for key, value in nvfp4.items() if value.ndim == 2 and "attn" in key)
+    nvfp4[layer + ".comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
+    save_file(nvfp4, str(root / "model_nvfp4.safetensors"))
     (root / "model.onnx").write_bytes(b"onnx")
     (root / "empty_model").mkdir()
     for name, text in {
@@ -126,6 +130,7 @@ ROWS = {
     "model-not-sd": (lambda w: model(w, "not_sd.safetensors"), "not a Stable Diffusion checkpoint"),
     "model-is-lora": (lambda w: model(w, "a_lora.safetensors"), "this is a LoRA/LyCORIS network, not a model"),
     "model-empty-folder": (lambda w: model(w, "empty_model"), "folder is not a diffusers model"),
+    "model-quant-format": (lambda w: model(w, "model_nvfp4.safetensors"), "format, which is not read; give the"),
     "model-unknown-type": (lambda w: model(w, "model.onnx"), "unsupported model file type '.onnx'"),
     # images and prompts
     "data-missing": (lambda w: train(w, data=False) + ["--data", str(w["root"] / "nope")], "does not exist"),

@@ -1,8 +1,12 @@
-"""Reading model files: ComfyUI's scaled fp8 files read as the weights they stand for."""
+"""Reading model files: ComfyUI's scaled fp8 and mixed-precision files read as the weights they stand for."""
 
+import json
+
+import pytest
 import torch
 from safetensors.torch import save_file
 
+from traintrain.errors import UserError
 from traintrain.models.checkpoint_reading import read_checkpoint
 
 FP8 = torch.float8_e4m3fn
@@ -46,3 +50,76 @@ def test_plain_files_read_unchanged(tmp_path):
     save_file(state, str(tmp_path / "plain.safetensors"))
     read = read_checkpoint(tmp_path / "plain.safetensors")
     assert set(read) == set(state) and all(torch.equal(read[k], state[k]) for k in state)
+
+
+def comfy_quant(state: dict[str, torch.Tensor], formats: dict[str, str], group: int = 4,
+                in_metadata: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`state` with the layers named in `formats` quantized as ComfyUI's mixed-precision files store them: the
+    8-bit weight, its `weight_scale` (one number for fp8, one per row for int8_tensorwise, one per `group` x
+    `group` block for int8_blockwise) and the layer's config, as a `<layer>.comfy_quant` tensor of JSON bytes or,
+    `in_metadata`, in the file's `_quantization_metadata`. Returns the tensors and the file's metadata."""
+    out, layers = dict(state), {}
+    for layer, name in formats.items():
+        weight = out.pop(layer + ".weight").float()
+        config = {"format": name}
+        if name == "float8_e4m3fn":
+            scale = weight.abs().max() / FP8_MAX
+            out[layer + ".weight"] = (weight / scale).to(FP8)
+            out[layer + ".input_scale"] = torch.tensor(1.0)
+        elif name == "int8_tensorwise":
+            scale = weight.abs().amax(dim=1, keepdim=True) / 127
+            out[layer + ".weight"] = (weight / scale).round().to(torch.int8)
+        elif name == "int8_blockwise":
+            rows, columns = weight.shape
+            blocks = weight.reshape(rows // group, group, columns // group, group)
+            scale = blocks.abs().amax(dim=(1, 3)) / 127
+            out[layer + ".weight"] = (blocks / scale[:, None, :, None]).round().to(torch.int8).reshape(rows, columns)
+            config["group_size"] = group
+        else:  # a 4-bit format: two values packed in each byte
+            scale = torch.ones(weight.shape[0], weight.shape[1] // 16)
+            out[layer + ".weight"] = torch.zeros(weight.shape[0], weight.shape[1] // 2, dtype=torch.uint8)
+        out[layer + ".weight_scale"] = scale
+        layers[layer] = config
+        if not in_metadata:
+            out[layer + ".comfy_quant"] = torch.tensor(list(json.dumps(config).encode()), dtype=torch.uint8)
+    metadata = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})} if in_metadata else {}
+    return out, metadata
+
+
+def quantizable_state() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return {f"model.diffusion_model.{name}.weight": torch.randn(8, 16, generator=generator) * 0.02
+            for name in ("fp8", "rows", "blocks", "plain")} | {
+        "model.diffusion_model.fp8.bias": torch.randn(8, generator=generator)}
+
+
+@pytest.mark.parametrize("in_metadata", [False, True], ids=["comfy_quant tensors", "_quantization_metadata"])
+def test_comfyui_mixed_precision_layers_read_as_the_weights_they_stand_for(tmp_path, in_metadata):
+    state = quantizable_state()
+    formats = {"model.diffusion_model.fp8": "float8_e4m3fn", "model.diffusion_model.rows": "int8_tensorwise",
+               "model.diffusion_model.blocks": "int8_blockwise"}
+    tensors, metadata = comfy_quant(state, formats, in_metadata=in_metadata)
+    path = tmp_path / "model_fp8mixed.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    read = read_checkpoint(path)
+    assert set(read) == set(state)  # no configs, no scales
+    for key, expected in state.items():
+        got = read[key]
+        assert got.dtype == torch.float32, key
+        # fp8's 3-bit mantissa: 1/16 of a value; int8: half a step of absmax / 127 (per row or per block)
+        quantized = key.endswith("weight") and key.split(".")[2] != "plain"
+        bound = (0.07 if key.split(".")[2] == "fp8" else 1 / 254 * 1.01) * expected.abs().max() if quantized else 0
+        assert (got - expected).abs().max() <= bound, key
+    stored = tensors["model.diffusion_model.blocks.weight"].float()
+    assert (read["model.diffusion_model.blocks.weight"] - stored).abs().max() > 1  # not the stored values
+
+
+def test_a_comfyui_layer_in_a_format_not_read_is_refused_naming_it(tmp_path):
+    tensors, _ = comfy_quant(quantizable_state(), {"model.diffusion_model.rows": "nvfp4"})
+    path = tmp_path / "model_nvfp4.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(UserError, match=r"model_nvfp4.safetensors: layer model.diffusion_model.rows is stored in "
+                                        r"ComfyUI's 'nvfp4' format, which is not read; give the model's bf16, "
+                                        r"fp16 or fp8 file") as error:
+        read_checkpoint(path)
+    assert error.value.field == "model"

@@ -321,6 +321,28 @@ def test_a_lumina2_file_is_not_taken_for_z_image(tmp_path):
         assert error.value.field == "model"
 
 
+def test_a_comfyui_mixed_precision_file_loads_as_the_weights_it_stands_for(single, zimage):
+    """fp8 and int8 layers with `.comfy_quant` configs (ComfyUI's `*_fp8mixed` / int8 conversions), the
+    rest in float: the header check finds Z-Image, the loader reads each layer times its scale."""
+    from safetensors.torch import load_file
+
+    from test_checkpoint_reading import comfy_quant
+
+    state = load_file(str(single))
+    matrices = [key.removesuffix(".weight") for key, value in state.items() if key.endswith(".weight")
+                and value.ndim == 2 and min(value.shape) >= 16]
+    formats = {layer: ("float8_e4m3fn", "int8_tensorwise")[index % 2] for index, layer in enumerate(matrices)}
+    tensors, _ = comfy_quant(state, formats)
+    mixed = single.with_name("z_image_turbo_fp8mixed.safetensors")  # its companions are beside it
+    save_file(tensors, str(mixed))
+    assert read_weight_shapes(mixed).family is Family.ZIMAGE
+    loaded = load_model(mixed, tokenizer_dir=single.with_name(single.stem + ".tokenizer"))
+    expected, got = fixed_predictions(zimage, zimage, loaded)
+    error = ((got - expected).abs().mean() / expected.abs().mean()).item()
+    print(f"{len(formats)} quantized layers: mean relative error of the transformer's output {error:.3f}")
+    assert error <= 0.1
+
+
 def test_a_comfyui_scaled_fp8_file_loads_as_the_weights_it_stands_for(single, zimage):
     from safetensors.torch import load_file
 

@@ -7,6 +7,7 @@ UserError at the model field instead of a traceback.
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -23,14 +24,18 @@ FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors` or `.ckpt` file (unwrapping Lightning's `state_dict`)."""
+    metadata: dict[str, str] = {}
     if path.suffix.lower() == ".safetensors":
         try:
             state = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
         except (SafetensorError, OSError, ValueError) as error:
             raise _corrupt_safetensors(path, error) from error
     else:
         state = torch_load(path)
-    return {key: _upcast_float8(value) for key, value in dequantized(state).items()}
+    state = mixed_precision_read(path, dequantized(state), metadata)
+    return {key: _upcast_float8(value) for key, value in state.items()}
 
 
 SCALED_FP8_MARKER = "scaled_fp8"
@@ -51,6 +56,84 @@ def dequantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         scale = state.get(key.removesuffix("weight") + "scale_weight") if key.endswith(".weight") else None
         weights[key] = value if scale is None else value.float() * scale.float()
     return weights
+
+
+COMFY_QUANT = ".comfy_quant"
+QUANT_METADATA = "_quantization_metadata"
+WEIGHT_SCALE, INPUT_SCALE = ".weight_scale", ".input_scale"
+READ_FORMATS = ("float8_e4m3fn", "float8_e5m2", "int8_tensorwise", "int8_blockwise")
+
+
+def mixed_precision_read(path: Path, state: dict[str, torch.Tensor],
+                         metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """ComfyUI's mixed-precision files (`*_fp8mixed`, int8 conversions): the layers named by a `<layer>.comfy_quant`
+    tensor of JSON bytes, or by the file's `_quantization_metadata`, hold 8-bit weights with a `weight_scale`
+    (one number, one per row, or one per block of int8_blockwise's group size) and an `input_scale` for 8-bit
+    matmuls. Each reads as weight times its scale in float32; configs and scales are dropped. A layer in a format
+    whose values are packed differently (nvfp4, mxfp8, convrot) is refused, naming it."""
+    layers = _quantized_layers(path, state, metadata)
+    if not layers:
+        return state
+    _check_formats(path, layers)
+    weights = {key: value for key, value in state.items() if not key.endswith(COMFY_QUANT)}
+    for layer in layers:
+        scale, _ = weights.pop(layer + WEIGHT_SCALE, None), weights.pop(layer + INPUT_SCALE, None)
+        if layer + ".weight" in weights:
+            weights[layer + ".weight"] = _times_scale(path, layer, weights[layer + ".weight"].float(), scale)
+    return weights
+
+
+def _quantized_layers(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, dict]:
+    """Layer name -> its quantization config, from the file's metadata and its `.comfy_quant` tensors."""
+    try:
+        layers = dict(json.loads(metadata[QUANT_METADATA]).get("layers", {})) if QUANT_METADATA in metadata else {}
+        for key, value in state.items():
+            if key.endswith(COMFY_QUANT):
+                layers[key.removesuffix(COMFY_QUANT)] = json.loads(bytes(value.flatten().tolist()).decode())
+    except (ValueError, AttributeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: unreadable ComfyUI quantization config ({first_line(error)}); "
+                        "export the file again or give its bf16 / fp16 version", field="model") from error
+    return layers
+
+
+def check_quantized_layers(path: Path) -> None:
+    """The pre-flight's part of `mixed_precision_read`, from a safetensors file's metadata and configs alone:
+    a layer in a format that is not read is refused before anything loads."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            configs = {key: handle.get_tensor(key) for key in handle.keys() if key.endswith(COMFY_QUANT)}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _corrupt_safetensors(path, error) from error
+    _check_formats(path, _quantized_layers(path, configs, metadata))
+
+
+def _check_formats(path: Path, layers: dict[str, dict]) -> None:
+    for layer, config in layers.items():
+        name = config.get("format") if isinstance(config, dict) else None
+        if name not in READ_FORMATS:
+            raise UserError(
+                f"{path}: layer {layer} is stored in ComfyUI's '{name}' format, which is not read; "
+                "give the model's bf16, fp16 or fp8 file", field="model",
+            )
+
+
+def _times_scale(path: Path, layer: str, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The weight times its scale: one number, one per output row, or one per block of the matrix."""
+    if scale is None:
+        return weight
+    scale = scale.float()
+    if scale.numel() == 1:
+        return weight * scale.reshape(())
+    if scale.numel() == weight.shape[0] == scale.shape[0]:  # (rows,) or (rows, 1)
+        return weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
+    if weight.ndim == 2 and scale.ndim == 2:
+        rows, columns = (-(-size // blocks) for size, blocks in zip(weight.shape, scale.shape, strict=True))
+        expanded = scale.repeat_interleave(rows, 0).repeat_interleave(columns, 1)
+        if expanded.shape[0] >= weight.shape[0] and expanded.shape[1] >= weight.shape[1]:
+            return weight * expanded[: weight.shape[0], : weight.shape[1]]
+    raise UserError(f"{path}: layer {layer}'s weight_scale {tuple(scale.shape)} does not fit its weight "
+                    f"{tuple(weight.shape)}; export the file again or give its bf16 / fp16 version", field="model")
 
 
 def _upcast_float8(tensor: torch.Tensor) -> torch.Tensor:

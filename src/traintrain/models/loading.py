@@ -14,7 +14,7 @@ import torch
 from traintrain.errors import UserError
 from traintrain.models.assembly import TEXT_ENCODER_FOLDERS
 from traintrain.models.checkpoint_kinds import checkpoint_family, no_ema_weights, transformer_file_family
-from traintrain.models.checkpoint_reading import safetensors_shapes, torch_load
+from traintrain.models.checkpoint_reading import check_quantized_layers, safetensors_shapes, torch_load
 from traintrain.models.components import ModelComponents
 from traintrain.models.families import TRANSFORMER_FAMILIES, Family
 from traintrain.models.flux_loading import TRANSFORMER_ROOTS as FLUX_ROOTS
@@ -113,6 +113,7 @@ def read_weight_shapes(path) -> WeightShapes:
         return WeightShapes(family, _folder_shapes(denoiser), [s for f in folders for s in _folder_shapes(f)])
     if path.suffix.lower() == ".safetensors":
         shapes = safetensors_shapes(path)
+        check_quantized_layers(path)
     else:
         shapes = {key: tuple(value.shape) for key, value in torch_load(path, mmap=True).items()}
     family = checkpoint_family(path, shapes)

@@ -16,7 +16,8 @@ by torch.compile (inductor) for the training steps.
   torch._dynamo.config.recompile_limit (8) graphs, further shapes run eagerly (torch warns).
 - On the CPU inductor's layout optimization is off: it turns the convolutions channels-last and, the
   frozen weights being inputs of a training graph rather than constants, copies every conv weight at
-  every step. On SD1.5 (64 px, 1 thread) that made a compiled step 1.8x the eager one; without it 0.86x.
+  every step. On SD1.5 (64 px, 1 thread) that made the compiled trainer 1.66x the eager floor, its peak
+  1.76x (benchmarks/run.py); without it 0.95x and 1.17x.
   On a GPU inductor's default stays (channels-last suits cuDNN; not measured here: no GPU was lent).
 - Where compiling cannot work (no TorchDynamo on this Python, no C++ compiler for the CPU, no triton
   for the GPU) or fails at the first call, training runs eagerly after one warning.
