@@ -14,12 +14,15 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from traintrain.errors import UserError
 
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
 FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+# What 8-bit weights read as: bfloat16 holds every fp8 value exactly, and a weight times its scale within
+# 1/512, far inside the 8-bit rounding, at half float32's memory (a Flux.1 fp8 file would need 48 GB of
+# RAM in float32, twice its bf16 file); the loader then casts to the run's precision.
+READ_DTYPE = torch.bfloat16
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -27,15 +30,15 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     metadata: dict[str, str] = {}
     if path.suffix.lower() == ".safetensors":
         try:
-            state = load_file(str(path))
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
+                # one tensor at a time, each fp8 one upcast as it is read: no fp8 copy of the model stays
+                state = {key: _upcast_float8(handle.get_tensor(key)) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as error:
             raise _corrupt_safetensors(path, error) from error
     else:
-        state = torch_load(path)
-    state = mixed_precision_read(path, dequantized(state), metadata)
-    return {key: _upcast_float8(value) for key, value in state.items()}
+        state = {key: _upcast_float8(value) for key, value in torch_load(path).items()}
+    return mixed_precision_read(path, dequantized(state), metadata)
 
 
 SCALED_FP8_MARKER = "scaled_fp8"
@@ -45,17 +48,17 @@ SCALE_SUFFIXES = (".scale_weight", ".scale_input")
 def dequantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ComfyUI's scaled fp8 files (`*_fp8_scaled.safetensors`: a `scaled_fp8` marker, fp8 weights each with a
     `scale_weight`, and `scale_input` for fp8 matmuls) read as the weights they stand for: each weight times its
-    scale, in float32; the marker and the scales are dropped. Without this the scales would be taken for layers
-    and every weight would be off by its scale."""
+    scale, in READ_DTYPE; the marker and the scales are dropped. Without this the scales would be taken for layers
+    and every weight would be off by its scale. `state` is changed in place (no second copy of a model)."""
     if SCALED_FP8_MARKER not in state and not any(key.endswith(".scale_weight") for key in state):
         return state
-    weights = {}
-    for key, value in state.items():
-        if key == SCALED_FP8_MARKER or key.endswith(SCALE_SUFFIXES):
-            continue
-        scale = state.get(key.removesuffix("weight") + "scale_weight") if key.endswith(".weight") else None
-        weights[key] = value if scale is None else value.float() * scale.float()
-    return weights
+    state.pop(SCALED_FP8_MARKER, None)
+    scales = {key: state.pop(key) for key in list(state) if key.endswith(SCALE_SUFFIXES)}
+    for key, value in state.items():  # fp8 values arrive upcast, exactly: scaling them is as scaling the fp8
+        scale = scales.get(key.removesuffix("weight") + "scale_weight") if key.endswith(".weight") else None
+        if scale is not None:
+            state[key] = (value.float() * scale.float()).to(READ_DTYPE)
+    return state
 
 
 COMFY_QUANT = ".comfy_quant"
@@ -69,18 +72,19 @@ def mixed_precision_read(path: Path, state: dict[str, torch.Tensor],
     """ComfyUI's mixed-precision files (`*_fp8mixed`, int8 conversions): the layers named by a `<layer>.comfy_quant`
     tensor of JSON bytes, or by the file's `_quantization_metadata`, hold 8-bit weights with a `weight_scale`
     (one number, one per row, or one per block of int8_blockwise's group size) and an `input_scale` for 8-bit
-    matmuls. Each reads as weight times its scale in float32; configs and scales are dropped. A layer in a format
-    whose values are packed differently (nvfp4, mxfp8, convrot) is refused, naming it."""
+    matmuls. Each reads as weight times its scale, in READ_DTYPE; configs and scales are dropped. A layer in a format
+    whose values are packed differently (nvfp4, mxfp8, convrot) is refused, naming it. `state` is changed in
+    place."""
     layers = _quantized_layers(path, state, metadata)
     if not layers:
         return state
     _check_formats(path, layers)
-    weights = {key: value for key, value in state.items() if not key.endswith(COMFY_QUANT)}
     for layer in layers:
-        scale, _ = weights.pop(layer + WEIGHT_SCALE, None), weights.pop(layer + INPUT_SCALE, None)
-        if layer + ".weight" in weights:
-            weights[layer + ".weight"] = _times_scale(path, layer, weights[layer + ".weight"].float(), scale)
-    return weights
+        state.pop(layer + COMFY_QUANT, None)
+        scale, _ = state.pop(layer + WEIGHT_SCALE, None), state.pop(layer + INPUT_SCALE, None)
+        if layer + ".weight" in state:
+            state[layer + ".weight"] = _times_scale(path, layer, state[layer + ".weight"].float(), scale).to(READ_DTYPE)
+    return state
 
 
 def _quantized_layers(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, dict]:
@@ -138,7 +142,7 @@ def _times_scale(path: Path, layer: str, weight: torch.Tensor, scale: torch.Tens
 
 def _upcast_float8(tensor: torch.Tensor) -> torch.Tensor:
     """fp8-stored checkpoints (common for SDXL) hold only storage values: no layer computes in them."""
-    return tensor.float() if tensor.dtype in FLOAT8_DTYPES else tensor
+    return tensor.to(READ_DTYPE) if tensor.dtype in FLOAT8_DTYPES else tensor
 
 
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
