@@ -9,7 +9,6 @@ Prints each reader's growth of the process's peak RSS (the file's mapped pages i
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from speed_variants import peak_mb, reset_peak
+
+from traintrain.models.checkpoint_reading import read_checkpoint
 
 SIDE = 4096  # each tensor 4096 x 4096: 16 MB in fp8
 
@@ -29,16 +31,15 @@ def write_fp8_file(path: Path, megabytes: int) -> None:
 
 def peak_growth_mb(path: Path, reader: str) -> float:
     """Run in a child process: the peak RSS's growth while reading `path` with `reader`."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu = torch.device("cpu")
+    reset_peak(cpu)  # from the RSS now, imports done
+    before = peak_mb(cpu)
     if reader == "ours":
-        from traintrain.models.checkpoint_reading import read_checkpoint
-
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the import's own memory left out
         state = read_checkpoint(path)
     else:
         state = {key: value.float() for key, value in load_file(str(path)).items()}
     assert state
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return peak_mb(cpu) - before
 
 
 def main() -> None:

@@ -15,23 +15,17 @@ import statistics
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
-from speed_variants import RANK, UNET_BLOCKS
+from speed_variants import adapter, full_size_components
 
-from traintrain.models.assembly import config_template
 from traintrain.models.families import Family
 from traintrain.models.tiny import build_tiny_components
-from traintrain.networks.network import AdapterNetwork, NetworkSpec
 
 IMPLEMENTATIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 def adapter_parameters(full: bool) -> list[torch.nn.Parameter]:
-    components = build_tiny_components(Family.SD1)
-    if full:
-        components.unet = UNet2DConditionModel.from_config(config_template(Family.SD1, "unet"))
-    network = AdapterNetwork(components, NetworkSpec(rank=RANK, alpha=RANK, blocks=list(UNET_BLOCKS)))
-    parameters = list(network.parameters())
+    components = full_size_components(Family.SD1) if full else build_tiny_components(Family.SD1)
+    parameters = list(adapter(components).parameters())
     for parameter in parameters:
         parameter.grad = torch.randn_like(parameter)
     return parameters

@@ -69,9 +69,7 @@ def _transformer_family(path: Path) -> Family | None:
     """Flux, SD3 or Z-Image, from the pipeline a folder names or the keys of a single file; None for the UNet
     families."""
     if path.is_dir():
-        if is_zimage_folder(path):
-            return Family.ZIMAGE
-        return Family.FLUX if is_flux_folder(path) else Family.SD3 if is_sd3_folder(path) else None
+        return _pipeline_family(path)
     shapes = safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else {}
     return transformer_file_family(shapes)
 
@@ -149,12 +147,9 @@ def check_diffusers_folder(path: Path) -> None:
 def family_from_folder(path: Path) -> Family:
     """Flux names its pipeline; SDXL has a second text encoder; SD2's OpenCLIP encoder uses gelu where SD1's
     CLIP-L uses quick_gelu."""
-    if is_flux_folder(path):
-        return Family.FLUX
-    if is_sd3_folder(path):
-        return Family.SD3
-    if is_zimage_folder(path):
-        return Family.ZIMAGE
+    pipeline_family = _pipeline_family(path)
+    if pipeline_family is not None:
+        return pipeline_family
     if (path / "text_encoder_2").is_dir():
         return Family.SDXL
     encoder_config = path / "text_encoder" / "config.json"
@@ -164,3 +159,12 @@ def family_from_folder(path: Path) -> Family:
             field="model",
         )
     return Family.SD2 if json.loads(encoder_config.read_text()).get("hidden_act") == "gelu" else Family.SD1
+
+
+def _pipeline_family(path: Path) -> Family | None:
+    """Flux, SD3 or Z-Image, by the pipeline class a diffusers folder names; None for the UNet families."""
+    for family, is_folder in ((Family.FLUX, is_flux_folder), (Family.SD3, is_sd3_folder),
+                              (Family.ZIMAGE, is_zimage_folder)):
+        if is_folder(path):
+            return family
+    return None

@@ -15,12 +15,11 @@ import re
 import torch
 
 from traintrain.models.assembly import config_template
-from traintrain.models.families import FLUX_PREFIXES, ZIMAGE_MODULATION, Family
+from traintrain.models.families import FLUX_PREFIXES, Family
 
 TRANSFORMER_ROOTS = ("x_embedder.", "final_layer.", "t_embedder.", "cap_embedder.", "layers.", "noise_refiner.",
                      "context_refiner.", "x_pad_token", "cap_pad_token", "norm_final.")
 PAD_TOKENS = ("x_pad_token", "cap_pad_token")
-MODULATION = ZIMAGE_MODULATION  # what tells Z-Image from Lumina 2 (models/families.py)
 UNUSED = "norm_final.weight"  # the original code's model-level norm; its final layer has its own
 # diffusers name -> reference name, for the tensors renamed one to one
 RENAMED = ((".attention.to_out.0.", ".attention.out."), (".attention.norm_q.", ".attention.q_norm."),

@@ -21,7 +21,7 @@ from traintrain.models.components import ModelComponents
 from traintrain.models.families import Family
 from traintrain.models.flux_loading import COMPANIONS as FLUX_COMPANIONS
 from traintrain.models.flux_loading import Companion, ldm_vae, locate_companions
-from traintrain.models.zimage_keys import MODULATION, reference_to_diffusers, transformer_config, transformer_weights
+from traintrain.models.zimage_keys import reference_to_diffusers, transformer_config, transformer_weights
 from traintrain.models.zimage_text import find_zimage_tokenizer, zimage_class
 from traintrain.training.events import Reporter, ignore
 
@@ -38,9 +38,6 @@ def load_zimage_single_file(path: Path, tokenizer_dir=None, report: Reporter = i
     transformer_class = zimage_class("ZImageTransformer2DModel")  # first: the hosts' diffusers 0.31 lacks it
     state = read_checkpoint(path)
     weights = transformer_weights(state)
-    if MODULATION not in weights:
-        raise UserError(f"{path}: not a Z-Image transformer (no {MODULATION}; a Lumina 2 model has the same other "
-                        "names)", "give a Z-Image or Z-Image-Turbo transformer file", field="model")
     parts = find_companions(path, state)
     tokenizer = find_zimage_tokenizer(path, tokenizer_dir)
     try:

@@ -138,7 +138,7 @@ def lora_concept(workdir: Path, components=None, *, images: int = 48, regulariza
 
 
 def ileco(workdir: Path, components=None, *, original: Colour = Colour.RED, target: Colour | None = Colour.BLUE,
-          steps: int = 600, lr: float | None = None, repeats: int = 2, **options) -> Effect:
+          steps: int = 600, repeats: int = 2, **options) -> Effect:
     """iLECO "red" -> "blue" (or erase red when `target` is None), judged on held-out seeds.
 
     Red -> blue trains the cross-attention's value projections alone (CrossAttentionV, batch 4, lr 3e-2):
@@ -152,12 +152,11 @@ def ileco(workdir: Path, components=None, *, original: Colour = Colour.RED, targ
     """
     components = components or load_toy_model()
     target_name = target.value if target else ""
-    recipe = (dict(network_element="CrossAttentionV", train_batch_size=4) if target
-              else dict(network_element="CrossAttention", train_batch_size=2))
+    recipe = (dict(network_element="CrossAttentionV", train_batch_size=4, train_learning_rate=3e-2) if target
+              else dict(network_element="CrossAttention", train_batch_size=2, train_learning_rate=2e-2))
     options = dict(network_rank=4, network_alpha=4, **recipe) | options
-    lr = lr if lr is not None else 3e-2 if target else 2e-2
     config = job(mode="iLECO", original_prompt=original.value, target_prompt=target_name, train_iterations=steps,
-                 train_learning_rate=lr, save_lora_name=f"ileco-{original.value}-{target_name or 'erase'}", **options)
+                 save_lora_name=f"ileco-{original.value}-{target_name or 'erase'}", **options)
     path = run_job(config, output_dir=Path(workdir) / "out").path
     reds = [scene for scene in world_prompts() if scene.colour is original] * repeats  # each on its own seed
     others = [scene for scene in world_prompts() if scene.colour is not original][: 2 * len(reds)]

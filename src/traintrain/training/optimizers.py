@@ -131,8 +131,9 @@ def build_training_optimizer(config, param_groups: list[dict], total_steps: int)
         _check_single_lr(name, param_groups)
     arguments = {"lr": None if relative_step else config.train_learning_rate, **settings}
     try:
-        optimizer = _fused(cls, param_groups, arguments) if _fusable(kind, settings) else None
-        optimizer = optimizer or cls(NamedParameters(param_groups) if kind.named else param_groups, **arguments)
+        if _fusable(kind, settings, param_groups):
+            arguments["fused"] = True  # in the description too, for the verbose log
+        optimizer = cls(NamedParameters(param_groups) if kind.named else param_groups, **arguments)
     except (TypeError, ValueError) as exc:
         raise UserError(f"train_optimizer {name.value} with settings {settings}: {exc}") from None
     if kind.named:
@@ -163,21 +164,14 @@ def build_training_optimizer(config, param_groups: list[dict], total_steps: int)
 FUSED_DEVICES = ("cuda", "cpu")  # where torch's fused Adam, AdamW and SGD kernels run
 
 
-def _fusable(kind: OptimizerKind, settings: dict) -> bool:
-    """torch's own optimizers, unless the settings choose an implementation (fused / foreach) themselves."""
-    return kind.package == "torch" and not {"fused", "foreach"} & settings.keys()
-
-
-def _fused(cls, param_groups: list[dict], arguments: dict) -> torch.optim.Optimizer | None:
-    """The optimizer with torch's fused kernel (one kernel for all of a LoRA's hundreds of tensors, where the
-    default steps them a few ops each: 6x faster on the CPU, on a GPU fewer launches than foreach), or None
-    where the parameters have none (another device; torch would only refuse at the first step). `arguments`
-    then says fused, for the verbose log."""
+def _fusable(kind: OptimizerKind, settings: dict, param_groups: list[dict]) -> bool:
+    """torch's own optimizers step with torch's fused kernel: one kernel for all of a LoRA's hundreds of tensors,
+    where the default steps them a few ops each (6x faster on the CPU; on a GPU fewer launches than foreach).
+    Not where the settings choose an implementation (fused / foreach) themselves, nor for parameters without
+    the kernel (another device; torch would only refuse at the first step)."""
     params = [p for group in param_groups for p in group["params"]]
-    if not all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params):
-        return None
-    arguments["fused"] = True
-    return cls(param_groups, **arguments)
+    return (kind.package == "torch" and not {"fused", "foreach"} & settings.keys()
+            and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params))
 
 
 class NamedParameters:
