@@ -73,6 +73,14 @@ def test_a_second_manager_on_the_same_queue_is_refused(tmp_path):
     JobManager(tmp_path / "out").close()  # free again once the first is closed
 
 
+def test_closing_ends_the_spare_worker_without_waiting_for_its_imports(tmp_path):
+    manager = JobManager(tmp_path / "out")
+    spare = manager._spare
+    assert spare is not None and spare.poll() is None  # importing torch and diffusers for the next job
+    manager.close()
+    assert spare.returncode == -signal.SIGKILL  # it had no job and wrote nothing: ended, not waited for
+
+
 def test_a_paused_queue_starts_nothing(root, manager):
     manager.pause()
     entry = manager.enqueue(tiny_job(root))

@@ -361,13 +361,14 @@ class JobManager:
         return spare
 
     def _close_spare(self) -> None:
+        """End the spare worker now: it holds no job and has written nothing, so closing the manager
+        need not wait for the seconds of imports it may still be in (a clean exit after them would)."""
         spare, self._spare = self._spare, None
-        if spare is not None and spare.stdin:
-            spare.stdin.close()  # no job: it ends
-            try:
-                spare.wait(30)
-            except subprocess.TimeoutExpired:
-                spare.kill()
+        if spare is not None:
+            spare.kill()
+            spare.wait()
+            if spare.stdin:
+                spare.stdin.close()
 
     def _worker_ended(self) -> None:
         """Record how the worker ended when it could not say so itself (killed, crashed, cancelled)."""
