@@ -35,22 +35,31 @@ def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
     return model, root / "images", root
 
 
-# A cold inductor compile of the tiny UNet takes minutes on 2 CPU cores (iLECO's and Difference's about 6 each
-# here): the compiled variant's own code path is run once, in LoRA mode, through aot_eager (dynamo's tracing
-# and graphs, eager kernels); tests/test_compile.py covers the compiled iLECO job and inductor's numerics.
+# A cold inductor compile of the tiny UNet takes minutes on 2 CPU cores, and even dynamo's tracing through
+# aot_eager 40 s: the compiled variant is the trainer's job with train_compile (checked below), and
+# tests/test_compile.py runs compiled LoRA and iLECO jobs.
 EAGER_VARIANTS = [(mode, variant) for mode, variant in bench.VARIANTS if variant != "compiled"]
 
 
-@pytest.mark.parametrize(("mode", "variant"), [*EAGER_VARIANTS, pytest.param("LoRA", "compiled",
-                                                                             marks=pytest.mark.slow)])
-def test_every_variant_measures_a_few_steps(tiny, mode, variant, monkeypatch):
-    from traintrain.training import compile as compile_module
-
-    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+@pytest.mark.parametrize(("mode", "variant"), EAGER_VARIANTS)
+def test_every_variant_measures_a_few_steps(tiny, mode, variant):
     model, images, root = tiny
     measured = speed_variants.run_variant(CASE, mode, variant, model, images, root / f"out-{mode}-{variant}")
     assert 0 < measured.seconds_per_step < 60
     assert measured.peak_mb > 0
+
+
+@pytest.mark.parametrize("mode", ["LoRA", "iLECO", "Difference"])
+def test_the_compiled_variant_is_the_trainers_job_with_train_compile(tiny, mode, monkeypatch):
+    model, images, root = tiny
+    trainer = speed_variants.trainer_config(CASE, mode, model, images, torch.float32)
+    compiled = speed_variants.trainer_config(CASE, mode, model, images, torch.float32, compiled=True)
+    assert not trainer.train_compile and compiled == trainer.with_values(train_compile=True)
+    asked = []
+    monkeypatch.setattr(speed_variants, "trainer_measurement", lambda *args, **kwargs: asked.append(kwargs))
+    speed_variants.run_variant(CASE, mode, "compiled", model, images, root / "unused")
+    speed_variants.run_variant(CASE, mode, "trainer", model, images, root / "unused")
+    assert asked == [{"compiled": True}, {"compiled": False}]
 
 
 def progress(step: int, elapsed: float, total: int = 6) -> Progress:
