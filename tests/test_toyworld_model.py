@@ -8,7 +8,16 @@ import torch
 from traintrain.cli import main
 from traintrain.models.loading import load_model
 from traintrain.toyworld.evaluate import prompt_following
-from traintrain.toyworld.model import RECIPE, read_record, replay_fingerprints
+from traintrain.toyworld.model import (
+    RECIPE,
+    build_toy_components,
+    calibrate_latents,
+    encode_pool,
+    pictures_tensor,
+    read_record,
+    replay_fingerprints,
+    vae_scenes,
+)
 from traintrain.toyworld.release import check_files, load_toy_model, toy_model_path
 
 # What the base model must reach on held-out seeds (issue 14: colour at least 90 %); measured with
@@ -65,8 +74,21 @@ def test_the_toy_world_is_sd1_only(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_build_script_still_does_what_built_the_committed_files(toy):
     """Replays the first steps of both stages (the UNet stage on the committed VAE): a change to the
-    recipe's code or defaults shows here, without the minutes of a whole build."""
+    recipe's code or defaults shows here, without the minutes of a whole build (the VAE's calibration,
+    which encodes the whole picture pool, is checked by the test below on a few pictures)."""
     recorded = read_record()["fingerprints"]
     replayed = replay_fingerprints(RECIPE, vae=toy.vae)
     for name, value in recorded.items():
         assert replayed[name] == pytest.approx(value, rel=1e-4), name
+
+
+def test_calibration_gives_the_latents_sd1s_spread_and_a_point_posterior():
+    torch.manual_seed(0)
+    vae = build_toy_components().vae.eval()
+    pictures = pictures_tensor(vae_scenes()[:24], RECIPE.picture_size)
+    calibrate_latents(vae, pictures)
+    latents = encode_pool(vae, pictures)  # the posterior's means, scaled by the family's factor
+    assert latents.std().item() == pytest.approx(1.0, rel=1e-3)
+    with torch.no_grad():
+        posterior = vae.encode(pictures[:4]).latent_dist
+    assert posterior.std.max().item() < 0.01

@@ -122,9 +122,8 @@ def pictures_tensor(scenes: list[Scene], size: int) -> torch.Tensor:
 
 def train_vae(vae: AutoencoderKL, pictures: torch.Tensor, recipe: Recipe, progress: Progress,
               steps: int | None = None) -> None:
-    """Fit the VAE as an autoencoder on the posterior means, with noise on the latents; then give
-    its latents SD1's spread (std 1 after the family's scale factor) and an almost deterministic
-    posterior, as a trained SD VAE has."""
+    """Fit the VAE as an autoencoder on the posterior means, with noise on the latents (then
+    `calibrate_latents`)."""
     steps = recipe.vae_steps if steps is None else steps
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     parameters = [p for name, p in vae.named_parameters() if not name.startswith("quant_conv")] + [
@@ -144,6 +143,11 @@ def train_vae(vae: AutoencoderKL, pictures: torch.Tensor, recipe: Recipe, progre
         optimizer.step()
         progress("vae", step, steps, loss.item())
     vae.eval()
+
+
+def calibrate_latents(vae: AutoencoderKL, pictures: torch.Tensor) -> None:
+    """Give the fitted VAE's latents SD1's spread (std 1 after the family's scale factor) and an almost
+    deterministic posterior, as a trained SD VAE has."""
     with torch.no_grad():
         spread = torch.cat([_latent_means(vae, chunk) for chunk in pictures.split(256)]).std().item()
         gain = 1.0 / (spread * SPECS[FAMILY].latent_scale)
@@ -245,7 +249,9 @@ def train_toy_world(recipe: Recipe = RECIPE, progress: Progress | None = None) -
     progress = progress or (lambda *_: None)
     torch.manual_seed(recipe.seed)
     components = build_toy_components(recipe)
-    train_vae(components.vae, pictures_tensor(vae_scenes(recipe), recipe.picture_size), recipe, progress)
+    vae_pictures = pictures_tensor(vae_scenes(recipe), recipe.picture_size)
+    train_vae(components.vae, vae_pictures, recipe, progress)
+    calibrate_latents(components.vae, vae_pictures)
     components.vae.requires_grad_(False)
     scenes = training_scenes(recipe)
     pictures = pictures_tensor(scenes, recipe.picture_size)
@@ -257,7 +263,8 @@ def train_toy_world(recipe: Recipe = RECIPE, progress: Progress | None = None) -
 
 def replay_fingerprints(recipe: Recipe = RECIPE, vae: AutoencoderKL | None = None) -> dict[str, float]:
     """The fingerprints after the first `fingerprint_steps` of each stage; the UNet stage starts
-    from `vae` (the committed one) so that it needs not the whole VAE stage."""
+    from `vae` (the committed one) so that it needs not the whole VAE stage. The VAE's is taken before
+    `calibrate_latents`, which encodes every picture of the pool (half a minute on one core)."""
     torch.manual_seed(recipe.seed)
     components = build_toy_components(recipe)
     quiet: Progress = lambda *_: None  # noqa: E731
