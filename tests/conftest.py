@@ -22,11 +22,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The files that take minutes (toy-world training, job workers, browsers, host environments), longest first as
 # measured (`--durations`); test_host_pins.py second, as on a clean clone its fixture first builds the hosts' envs.
-LONGEST_FIRST = ("test_toyworld_effects.py", "test_host_pins.py", "test_ui_app.py", "test_manager.py",
-                 "test_distributed.py", "test_toyworld_model.py", "test_difference.py", "test_training.py",
-                 "test_demo.py", "test_ileco.py", "test_resume.py", "test_atomic_kill.py", "test_estimate.py",
-                 "test_host_browser.py", "test_original_options.py", "test_interrupt.py", "test_benchmarks.py",
-                 "test_webui_extension.py", "test_nan_guard.py")
+LONGEST_FIRST = ("test_toyworld_effects.py", "test_host_pins.py", "test_ui_app.py", "test_distributed.py",
+                 "test_manager.py", "test_compile.py", "test_ileco.py", "test_atomic_kill.py", "test_toyworld_model.py",
+                 "test_difference.py", "test_benchmarks.py", "test_demo.py", "test_host_browser.py",
+                 "test_webui_extension.py", "test_training.py", "test_estimate.py", "test_resume.py",
+                 "test_original_options.py", "test_prediction.py", "test_bad_inputs.py", "test_interrupt.py",
+                 "test_nan_guard.py")
 
 
 def pytest_collection_modifyitems(items):
