@@ -20,6 +20,7 @@ from traintrain.errors import UserError
 from traintrain.models.families import SD3_KOHYA_VERSIONS, SPECS, TRANSFORMER_FAMILIES
 from traintrain.networks.kohya_format import NETWORK_MODULES, load_lora
 from traintrain.networks.targeting import block_id_of
+from traintrain.networks.zimage_targeting import STACKS as ZIMAGE_STACKS
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +43,7 @@ FAMILY_BY_ARCHITECTURE = {SPECS[family].modelspec_architecture: family.value for
 TRANSFORMER_STACKS = {
     "flux": {"transformer_blocks": "D", "single_transformer_blocks": "S"},
     "sd3": {"transformer_blocks": "J"},
-    "zimage": {"layers": "L", "noise_refiner": "N", "context_refiner": "C"},
+    "zimage": ZIMAGE_STACKS,
 }
 TRANSFORMER_BLOCK = re.compile(r"^transformer\.(\w+)\.(\d+)\.")
 DIFFUSERS_BLOCK = re.compile(
@@ -195,7 +196,7 @@ def _family(stems: dict, metadata: dict) -> str:
     if architecture in FAMILY_BY_ARCHITECTURE:
         return FAMILY_BY_ARCHITECTURE[architecture]
     roots = {match[1] for match in map(TRANSFORMER_BLOCK.match, stems) if match}
-    if roots & {"layers", "noise_refiner", "context_refiner"}:
+    if roots & ZIMAGE_STACKS.keys():
         return "zimage"
     if "single_transformer_blocks" in roots:
         return "flux"
