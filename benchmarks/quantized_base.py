@@ -8,8 +8,8 @@ bytes at least 40 % below fp16, a LoRA step at most 1.3x the reference's.
     python benchmarks/quantized_base.py --quick             # the tiny model only
     python benchmarks/quantized_base.py --size 512 --batch 2
 
-The step is a rank-16 lierla network on every UNet block, MSE, backward and AdamW, as
-bench_train_step.py; the variants are timed in turns (one step each per round) and the median kept,
+The step is a rank-16 lierla network on every UNet block, MSE, backward and AdamW (run.py's floor
+without its data); the variants are timed in turns (one step each per round) and the median kept,
 so load from other processes weighs on all of them alike.
 """
 
