@@ -1,6 +1,7 @@
 """Reading model files: ComfyUI's scaled fp8 and mixed-precision files read as the weights they stand for."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -124,3 +125,15 @@ def test_a_comfyui_layer_in_a_format_not_read_is_refused_naming_it(tmp_path):
                                         r"fp16 or fp8 file") as error:
         read_checkpoint(path)
     assert error.value.field == "model"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_ckpt_is_read_memory_mapped_and_copy_on_write(tmp_path):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.ones(64, 64)}}, path)
+    state = read_checkpoint(path)
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        assert str(path) in maps.read()  # the file's pages, not a copy in the process's own memory
+    state["model.diffusion_model.out.2.weight"].mul_(3)  # as a conversion in place would
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["model.diffusion_model.out.2.weight"],
+                       torch.ones(64, 64))  # the file is not written

@@ -37,7 +37,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as error:
             raise _corrupt_safetensors(path, error) from error
     else:
-        state = {key: _upcast_float8(value) for key, value in torch_load(path).items()}
+        # memory-mapped (copy-on-write): the weights stay the file's pages until the model converts or moves
+        # them, instead of a second full copy in the process's own memory
+        state = {key: _upcast_float8(value) for key, value in torch_load(path, mmap=True).items()}
     return mixed_precision_read(path, dequantized(state), metadata)
 
 
