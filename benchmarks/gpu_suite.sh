@@ -5,8 +5,8 @@
 #   here, once:      make gpu-wheels      (our pure-Python dependencies as wheels, at the versions tested here)
 #   on the machine:  bash benchmarks/gpu_suite.sh 1   (then 2), carry [".gpu_wheels"], timeout_s 600
 #
-# Part 1: LoRA at SD1.5 512 px batch 1 and 4 (floor, trainer, diffusers-style reference) and SDXL 1024 px
-# with checkpointing; part 2: iLECO and Difference against their floors, the 8-bit base, the optimizer
+# Part 1: LoRA at SD1.5 512 px batch 1 and 4, batch 4 also with checkpointing (floor, trainer, diffusers-style
+# reference) and SDXL 1024 px with checkpointing; part 2: iLECO and Difference against their floors, the 8-bit base, the optimizer
 # step and train_compile. Everything lands in $OUT/log.txt.
 set -u
 OUT=${OUT:-/tmp/gpu_suite}
@@ -33,8 +33,8 @@ measure() {  # measure SECONDS SCRIPT ARGS...: the script's table (warnings left
 
 case "${1:-1}" in
   1)
-    measure 240 benchmarks/run.py --size "SD1.5 512px b1" --size "SD1.5 512px b4" --mode LoRA \
-      --variant floor --variant trainer --variant reference
+    measure 300 benchmarks/run.py --size "SD1.5 512px b1" --size "SD1.5 512px b4" --size "SD1.5 512px b4 gc" \
+      --mode LoRA --variant floor --variant trainer --variant reference
     measure 180 benchmarks/run.py --size "SDXL 1024px b1 gc" --mode LoRA --variant floor --variant trainer
     ;;
   2)

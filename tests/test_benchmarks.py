@@ -94,9 +94,28 @@ def test_ratios_and_targets_in_the_table():
     assert rows[2]["ratio"] == pytest.approx(0.7)  # the compiled trainer against the eager floor
     verdicts = {(v["target"], v["mode"]): v["verdict"] for v in bench.targets(rows)}
     assert verdicts == {("b/a <= 1.05", "LoRA"): "not met", ("b/a <= 1.05", "iLECO"): "no figure",
-                        ("d/a <= 0.8", "LoRA"): "met", ("c/b >= 1.15", "LoRA"): "met"}
+                        ("d/a <= 0.8", "LoRA"): "met", ("c/b >= 1.15", "LoRA"): "met",
+                        ("gc/no-gc peak <= 0.6", "-"): "not run (a GPU size)"}
     text = bench.table(rows, bench.targets(rows))
     assert "b/a 1.100" in text and "d/a 0.700" in text and "c/b 1.364" in text and "error: boom" in text
+
+
+def test_checkpointings_peak_is_compared_with_the_same_size_without_it():
+    def row(size, variant, peak, **extra):
+        return {"size": size, "mode": "LoRA", "variant": variant, "seconds_per_step": 1.0, "peak_mb": peak,
+                "setup_s": 1.0, "warmup_s": 2.0, "after_s": 0.0, "wall_s": 1.0} | extra
+
+    rows = [row("SD1.5 512px b4", "floor", 7000.0), row("SD1.5 512px b4", "trainer", 8000.0),
+            row("SD1.5 512px b4 gc", "floor", 3000.0), row("SD1.5 512px b4 gc", "trainer", 3600.0)]
+    bench.add_ratios(rows)
+    assert rows[3]["gc_peak_ratio"] == pytest.approx(0.45) and "gc_peak_ratio" not in rows[1]
+    verdicts = [v for v in bench.targets(rows) if v["target"] == "gc/no-gc peak <= 0.6"]
+    assert [(v["size"], v["verdict"]) for v in verdicts] == [("SD1.5 512px b4 gc", "met")]
+    rows[1] = row("SD1.5 512px b4", "trainer", 0.0, error="out of memory")
+    rows[3].pop("gc_peak_ratio")
+    bench.add_ratios(rows)
+    assert [v["verdict"] for v in bench.targets(rows) if v["target"] == "gc/no-gc peak <= 0.6"] == ["no figure"]
+    assert "SD1.5 512px b4 gc" in {case.size for case in bench.GPU_SIZES}
 
 
 def test_a_target_no_variant_was_run_for_is_printed_as_not_run():
@@ -107,7 +126,8 @@ def test_a_target_no_variant_was_run_for_is_printed_as_not_run():
     bench.add_ratios(rows)
     verdicts = bench.targets(rows)
     assert {v["target"]: v["verdict"] for v in verdicts} == {
-        "b/a <= 1.05": "not run", "d/a <= 0.8": "met", "c/b >= 1.15": "not run (a GPU size)"}
+        "b/a <= 1.05": "not run", "d/a <= 0.8": "met", "c/b >= 1.15": "not run (a GPU size)",
+        "gc/no-gc peak <= 0.6": "not run (a GPU size)"}
     assert "b/a <= 1.05  -" in bench.table(rows, verdicts)
 
 
