@@ -219,7 +219,7 @@ def table(rows: list[dict], verdicts: list[dict]) -> str:
     lines += ["", "Targets"]
     for verdict in verdicts:
         ratio = "" if verdict["ratio"] is None else f"{verdict['ratio']:.3f}"
-        lines.append(f"  {verdict['target']:12s} {verdict['size']:18s} {verdict['mode']:11s} {ratio:>6s}  "
+        lines.append(f"  {verdict['target']:20s} {verdict['size']:18s} {verdict['mode']:11s} {ratio:>6s}  "
                      f"{verdict['verdict']}")
     return "\n".join(lines)
 
