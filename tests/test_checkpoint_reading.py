@@ -137,3 +137,10 @@ def test_a_ckpt_is_read_memory_mapped_and_copy_on_write(tmp_path):
     state["model.diffusion_model.out.2.weight"].mul_(3)  # as a conversion in place would
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["model.diffusion_model.out.2.weight"],
                        torch.ones(64, 64))  # the file is not written
+
+
+def test_a_ckpt_in_the_legacy_format_cannot_be_mapped_and_is_read_into_memory(tmp_path):
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.ones(4, 4)}}, path,
+               _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(path)["model.diffusion_model.out.2.weight"], torch.ones(4, 4))
