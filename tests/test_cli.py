@@ -74,6 +74,16 @@ def test_help_documents_every_parameter(capsys):
         assert option in out
 
 
+def test_help_and_usage_errors_answer_without_importing_torch():
+    """--help and a mistyped command answer at once: torch, diffusers and the modes load only for a command."""
+    script = ("import sys\nfrom traintrain.cli import main\n"
+              "codes = [main(['--help']), main(['train', '--help']), main(['trian'])]\n"
+              "print(codes, sorted(name for name in ('torch', 'diffusers', 'traintrain.modes.registry') "
+              "if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == "[0, 0, 2] []", result.stdout + result.stderr
+
+
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "traintrain", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "train" in result.stdout and "tiny-model" in result.stdout

@@ -3,7 +3,7 @@ from dataclasses import fields
 
 import pytest
 
-from traintrain.config import ALL_BLOCK_IDS, LRScheduler, NetworkType, TrainConfig
+from traintrain.config import ALL_BLOCK_IDS, LRScheduler, NetworkType, TrainConfig, default_settings
 from traintrain.errors import UserError
 from traintrain.presets import load_preset, preset_names
 
@@ -60,6 +60,11 @@ def test_every_parameter_round_trips_through_json(tmp_path):
     for name in CHANGED:
         if name != "2nd pass":
             assert getattr(again, name) != getattr(TrainConfig(), name), f"{name} kept its default"
+
+
+def test_default_settings_are_a_validated_configs():
+    """What `traintrain train --help` prints, read from the fields without validating (which loads the modes)."""
+    assert default_settings() == TrainConfig().to_json_dict()
 
 
 def test_defaults_follow_behavior():

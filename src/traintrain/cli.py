@@ -21,7 +21,7 @@ from pathlib import Path
 from traintrain.cli_processes import is_main_process, launch, launched, positive_count
 from traintrain.cli_queue import add_queue_parser, command_queue
 from traintrain.cli_ui import UI_FLAGS, add_ui_parser, command_ui
-from traintrain.config import Choice, TrainConfig, parameter_types
+from traintrain.config import Choice, TrainConfig, default_settings, parameter_types
 from traintrain.errors import OUTPUT_DIR, RESUME_STATE, TOKENIZER_DIR, NonFiniteLoss, TrainingStopped, UserError
 
 EXIT_BAD_INPUT = 2
@@ -38,7 +38,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _parameter_table() -> str:
     lines = ["parameters for --set KEY=VALUE (and preset/config JSON keys):"]
-    defaults = TrainConfig().to_json_dict()
+    defaults = default_settings()
     types = parameter_types()
     for f in fields(TrainConfig):
         if f.name == "second_pass":
@@ -440,12 +440,12 @@ def _one_line_error(args, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_libraries()  # before the parser: its defaults load the modes, which import diffusers
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return int(exc.code or 0)
+    quiet_libraries()  # before any command loads the modes, which import diffusers
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes starts the same command N times
     try:
         return COMMANDS[args.command](args)

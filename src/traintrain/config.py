@@ -383,6 +383,17 @@ def _plain(value):
     return value.value if isinstance(value, enum.Enum) else value
 
 
+def default_settings() -> dict:
+    """Every parameter's default as `to_json_dict` gives it, read from the fields without validating a
+    config: validation loads the modes (torch, diffusers), which `--help` should not wait for."""
+    out = {}
+    for f in fields(TrainConfig):
+        if f.name != "second_pass":
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            out[f.name] = [_plain(v) for v in default] if isinstance(default, list) else _plain(default)
+    return out
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
