@@ -389,7 +389,8 @@ def default_settings() -> dict:
     out = {}
     for f in fields(TrainConfig):
         if f.name != "second_pass":
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            factory = f.default_factory
+            default = factory() if callable(factory) else f.default
             out[f.name] = [_plain(v) for v in default] if isinstance(default, list) else _plain(default)
     return out
 
