@@ -8,6 +8,7 @@ judged extent). The numbers are drawn on fewer held-out seeds than the benchmark
 import pytest
 
 from traintrain.toyworld import effects
+from traintrain.toyworld.evaluate import world_prompts
 from traintrain.toyworld.release import load_toy_model
 
 pytestmark = pytest.mark.slow
@@ -59,3 +60,11 @@ def test_the_size_slider_grows_the_shape_with_its_multiplier_and_keeps_its_colou
     assert numbers["colour_kept"] >= SLIDER_COLOUR_KEPT, numbers
     if mode == "Difference":  # the copier alone draws the Original; the bare model never does
         assert numbers["copier_reproduces"] >= COPIER_REPRODUCES and numbers["copier_before"] <= 0.1, numbers
+
+
+def test_the_other_prompts_shown_are_one_of_each_colour_first():
+    """The judged set stays the first prompts (which group by colour); the picture shows a spread."""
+    world = world_prompts()
+    shown = effects.one_per_colour(world[:24])
+    assert [world[i].colour.value for i in shown] == ["red", "yellow", "green", "cyan"]
+    assert effects.one_per_colour(world[:4]) == [0, 1, 2, 3]  # one colour only: the first ones

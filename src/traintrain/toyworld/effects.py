@@ -76,12 +76,23 @@ def with_lora(components, config: TrainConfig, path: Path, multiplier: float = 1
 
 
 def _judged(components, scenes: Sequence[Scene], seeds: Sequence[int], prompts: Sequence[str] | None = None,
-            shown: list[Image.Image] | None = None) -> list[Verdict]:
-    """The judge's verdicts; the first SHOWN pictures are added to `shown` when given (the demo shows them)."""
+            shown: list[Image.Image] | None = None, show: Sequence[int] | None = None) -> list[Verdict]:
+    """The judge's verdicts; the pictures at `show` (else the first SHOWN) are added to `shown` when given
+    (the demo shows them)."""
     pictures = draw_prompts(components, list(prompts or [caption(s) for s in scenes]), list(seeds))
     if shown is not None:
-        shown += pictures[:SHOWN]
+        shown += [pictures[index] for index in (show if show is not None else range(min(SHOWN, len(pictures))))]
     return [judge(picture) for picture in pictures]
+
+
+def one_per_colour(scenes: Sequence[Scene]) -> list[int]:
+    """SHOWN indices of `scenes`, the first of each colour before any second one: a picture of "other prompts"
+    shows the world's colours, not the first few prompts, which share one."""
+    colours: dict = {}
+    for index, scene in enumerate(scenes):
+        colours.setdefault(scene.colour, index)
+    firsts = list(colours.values())
+    return (firsts + [index for index in range(len(scenes)) if index not in firsts])[:SHOWN]
 
 
 def _fraction(flags) -> float:
@@ -118,15 +129,18 @@ def lora_concept(workdir: Path, components=None, *, images: int = 48, regulariza
     asked = [Scene(s.shape, HELD_OUT_COLOUR, s.size, s.position) for s in sample_scenes(seeds, seed=12, jitter=False)]
     prompts = [caption(s).replace(HELD_OUT_COLOUR.value, TRIGGER) for s in asked]
     others = world_prompts()[:seeds]
+    shown_others = one_per_colour(others)
     seed_list = list(HELD_OUT_SEEDS[: len(asked)])
-    effect = Effect("LoRA", path=path, prompts=prompts[:SHOWN] + [caption(s) for s in others[:SHOWN]],
+    effect = Effect("LoRA", path=path, prompts=prompts[:SHOWN] + [caption(others[i]) for i in shown_others],
                     pictures={"before": [], "after": []})
     before = _judged(components, asked, seed_list, prompts, effect.pictures["before"])
-    plain = _judged(components, others, HELD_OUT_SEEDS[: len(others)], shown=effect.pictures["before"])
+    plain = _judged(components, others, HELD_OUT_SEEDS[: len(others)], shown=effect.pictures["before"],
+                    show=shown_others)
     network = with_lora(components, config, path)
     try:
         after = _judged(components, asked, seed_list, prompts, effect.pictures["after"])
-        others_after = _judged(components, others, HELD_OUT_SEEDS[: len(others)], shown=effect.pictures["after"])
+        others_after = _judged(components, others, HELD_OUT_SEEDS[: len(others)], shown=effect.pictures["after"],
+                               show=shown_others)
     finally:
         network.remove()
     effect.numbers = {
