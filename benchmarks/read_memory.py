@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from speed_variants import full_size_components, peak_mb, reset_peak
+from speed_variants import full_size_components, peak_mb, process_status_mb, reset_peak
 
 from traintrain.models import checkpoint_reading
 from traintrain.models.families import Family
@@ -72,10 +72,7 @@ class AnonymousPeak:
 
 
 def rss_anon_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return process_status_mb("RssAnon")
 
 
 def growth_mb(path: Path, reader: str, dtype: str = "float32") -> float:

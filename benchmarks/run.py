@@ -175,10 +175,11 @@ def add_ratios(rows: list[dict]) -> None:
         if "error" not in row and "error" not in base and base:
             row["ratio"] = row["seconds_per_step"] / base["seconds_per_step"]
             row["peak_ratio"] = row["peak_mb"] / base["peak_mb"]
-        without = by_key.get((row["size"].removesuffix(GC), row["mode"], row["variant"]), {})
-        if row["size"].endswith(GC) and row["variant"] == "trainer" and without:
-            row["gc_peak_ratio"] = None if "error" in row or "error" in without else (
-                row["peak_mb"] / without["peak_mb"])
+        if row["size"].endswith(GC) and row["variant"] == "trainer":
+            without = by_key.get((row["size"].removesuffix(GC), row["mode"], "trainer"))
+            if without is not None:
+                row["gc_peak_ratio"] = None if "error" in row or "error" in without else (
+                    row["peak_mb"] / without["peak_mb"])
 
 
 def _ratios_for(rows: list[dict], name: str) -> list[tuple[dict, float | None]]:

@@ -80,8 +80,13 @@ def reset_peak(device: torch.device) -> None:
 def peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
+    return process_status_mb("VmHWM")
+
+
+def process_status_mb(name: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux; NaN elsewhere), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(name + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

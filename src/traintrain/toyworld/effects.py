@@ -81,7 +81,7 @@ def _judged(components, scenes: Sequence[Scene], seeds: Sequence[int], prompts: 
     (the demo shows them)."""
     pictures = draw_prompts(components, list(prompts or [caption(s) for s in scenes]), list(seeds))
     if shown is not None:
-        shown += [pictures[index] for index in (show if show is not None else range(min(SHOWN, len(pictures))))]
+        shown += [pictures[index] for index in (range(len(pictures))[:SHOWN] if show is None else show)]
     return [judge(picture) for picture in pictures]
 
 
